@@ -1,0 +1,341 @@
+"""The measurement engine shared by every integration and the offline scorer.
+
+:class:`VitalsMonitor` runs the model over the probe batches with a :class:`~sslvitals.hooks.LayerTap`,
+streams each layer's frames into bounded accumulators, synchronises them across
+``torch.distributed`` ranks, and computes every configured metric per layer::
+
+    probe batch --forward_fn--> model --LayerTap--> {layer: [(T_i, D)]}
+        --> GramAccumulator (all frames, float64)      -> rank measures
+        --> GramAccumulator (one sum per utterance)     -> RankMe-t
+        --> ReservoirSampler (seeded, frame keys)       -> k-means -> inertia, DB, CH, silhouettes
+                                      (+ phone labels)  -> phone/cluster purity, PNMI, CCA
+        --> sync across ranks --> compute on rank 0 --> broadcast --> {"vitals/<metric>/L<layer>": value}
+
+Any failure of one metric is logged once and reported as NaN, unless ``cfg.strict``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from sslvitals.config import LABEL_METRICS, VitalsConfig, parse_layers, parse_metrics
+from sslvitals.errors import SSLVitalsError
+from sslvitals.keys import TIME_KEY, metric_key
+
+__all__ = ["VitalsMonitor", "LayerState", "align_labels"]
+
+logger = logging.getLogger(__name__)
+
+_CLUSTER_METRICS = ("inertia", "davies_bouldin", "calinski_harabasz", "silhouette",
+                    "simplified_silhouette", "phone_purity", "cluster_purity", "pnmi")
+_GRAM_METRICS = ("rankme", "effective_rank", "alpha_req", "stable_rank", "nesum", "numerical_rank")
+LABEL_RATE = 50.0
+
+
+def align_labels(labels: np.ndarray, num_frames: int, layer_rate: float,
+                 label_rate: float = LABEL_RATE) -> np.ndarray:
+    """Return one label per layer frame.
+
+    Args:
+        labels: ``(T_label,)`` int labels at ``label_rate`` frames per second.
+        num_frames: Number of frames the layer produced for this utterance.
+        layer_rate: The layer's frames per second.
+        label_rate: The labels' frames per second (50 for HuBERT's convolutional framing).
+
+    Returns:
+        ``(num_frames,)`` int64 labels; at equal rates the labels are trimmed or padded with
+        their last value (the front-end may differ by a frame); otherwise each layer frame takes
+        the label frame nearest to its centre.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if num_frames <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if labels.size == 0:
+        raise SSLVitalsError("an utterance has frames but no labels")
+    if abs(layer_rate - label_rate) < 1e-6:
+        if labels.size >= num_frames:
+            return labels[:num_frames]
+        return np.concatenate([labels, np.full(num_frames - labels.size, labels[-1])])
+    try:
+        from sslvitals.hooks.framing import resample_labels
+
+        return np.asarray(resample_labels(labels, label_rate, layer_rate, num_frames), dtype=np.int64)
+    except ImportError:  # pragma: no cover - hooks always present in a full install
+        centres = (np.arange(num_frames) + 0.5) / layer_rate
+        src = np.clip(np.floor(centres * label_rate).astype(np.int64), 0, labels.size - 1)
+        return labels[src]
+
+
+class LayerState:
+    """The accumulators of one layer (created on the first batch, when D is known)."""
+
+    def __init__(self, dim: int, cfg: VitalsConfig, need_reservoir: bool, device: torch.device):
+        from sslvitals.streaming import GramAccumulator, ReservoirSampler
+
+        self.dim = dim
+        self.gram = GramAccumulator(dim, device=device)
+        self.utt_gram = GramAccumulator(dim, device=device)
+        self.reservoir = ReservoirSampler(cfg.reservoir_size, dim, seed=cfg.seed) if need_reservoir else None
+        self.frames = 0
+        self.utterances = 0
+
+    def sync(self) -> None:
+        """Synchronise every accumulator across ranks (no-op without torch.distributed)."""
+        self.gram.sync()
+        self.utt_gram.sync()
+        if self.reservoir is not None:
+            self.reservoir.sync()
+
+
+class VitalsMonitor:
+    """Measure the configured metrics on every selected layer of a model.
+
+    Args:
+        cfg: The configuration (validated here).
+
+    Example:
+        >>> monitor = VitalsMonitor(VitalsConfig(enabled=True, k=8, reservoir_size=512))  # doctest: +SKIP
+        >>> values = monitor.measure(model, forward_fn, probe.batches(), step=1000)  # doctest: +SKIP
+        >>> values["vitals/rankme/L12"]  # doctest: +SKIP
+        211.4
+    """
+
+    def __init__(self, cfg: VitalsConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.metrics = parse_metrics(cfg.metrics)
+        self._validations = 0
+        self._warned: set[str] = set()
+        self.last_seconds: float | None = None
+        self.last_layers: list[int] = []
+
+    # ------------------------------------------------------------------ scheduling
+    def due(self) -> bool:
+        """Count one validation and say whether this one is measured (every N-th, first included)."""
+        due = self._validations % self.cfg.every_n_validations == 0
+        self._validations += 1
+        return due
+
+    def device(self) -> torch.device:
+        """The device the metric maths run on."""
+        if self.cfg.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SSLVitalsError("vitals.device is cuda but no CUDA device is visible; use 'auto' or 'cpu'")
+        return torch.device(self.cfg.device)
+
+    def check_layers(self, num_layers: int) -> list[int]:
+        """Resolve ``cfg.layers`` against a model with ``num_layers`` blocks (raises if out of range)."""
+        return parse_layers(self.cfg.layers, num_layers) or []
+
+    # ------------------------------------------------------------------ the measurement
+    def measure(self, model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module, Any], Any],
+                batches: Iterable[Any], *, step: int | None = None,
+                tap_layers: Any = None) -> dict[str, float]:
+        """Run the probe through ``model`` and return ``{metric_key: value}`` plus ``vitals/seconds``.
+
+        Args:
+            model: The model (any module that :class:`~sslvitals.hooks.LayerTap` understands).
+            forward_fn: ``forward_fn(model, batch)`` runs one forward pass on a
+                :class:`~sslvitals.probe.ProbeBatch`; its return value is ignored.
+            batches: This rank's probe batches.
+            step: Update number, for log messages.
+            tap_layers: Override of the LayerTap ``layers`` argument (a ModuleList path for
+                models LayerTap does not know).
+
+        Returns:
+            The same dict on every rank.
+        """
+        from sslvitals.hooks import LayerTap
+
+        t0 = time.perf_counter()
+        device = self.device()
+        was_training = model.training
+        states: dict[int, LayerState] = {}
+        need_res = any(m in _CLUSTER_METRICS or m == "cca_phone" for m in self.metrics)
+        saw_labels: bool | None = None
+        n_batches = 0
+        try:
+            model.eval()
+            with torch.no_grad(), LayerTap(model, layers=tap_layers) as tap:
+                layers = self.check_layers(tap.num_layers) if tap_layers is None else list(tap.layer_ids)
+                rates = tap.frame_rates()
+                for batch in batches:
+                    tap.clear()
+                    forward_fn(model, batch)
+                    utts = tap.utterances()
+                    labels = getattr(batch, "labels", None)
+                    saw_labels = (labels is not None) if saw_labels is None else (saw_labels and labels is not None)
+                    for layer in layers:
+                        if layer not in utts:
+                            raise SSLVitalsError(f"layer {layer} was not captured; captured: {sorted(utts)}")
+                        self._update_layer(states, layer, utts[layer], batch, labels,
+                                           rates.get(layer, LABEL_RATE), need_res, device)
+                    n_batches += 1
+                tap.clear()
+        finally:
+            model.train(was_training)
+        self.last_layers = layers
+        for st in states.values():
+            st.sync()
+        results = self._compute_all(states, layers, bool(saw_labels))
+        try:
+            from sslvitals.distributed import broadcast_object, is_distributed
+
+            if is_distributed():
+                results = broadcast_object(results, src=0)
+        except ImportError:  # pragma: no cover
+            pass
+        self.last_seconds = time.perf_counter() - t0
+        results[TIME_KEY] = self.last_seconds
+        logger.info("sslvitals: measured %d layers on %d batches in %.1f s%s", len(layers), n_batches,
+                    self.last_seconds, "" if step is None else f" (update {step})")
+        return results
+
+    def _update_layer(self, states: dict[int, LayerState], layer: int, utts: list[torch.Tensor],
+                      batch: Any, labels: list[np.ndarray] | None, rate: float, need_res: bool,
+                      device: torch.device) -> None:
+        from sslvitals.streaming import frame_keys
+
+        keep = [(i, u) for i, u in enumerate(utts) if u.shape[0] > 0]
+        if not keep:
+            return
+        dim = keep[0][1].shape[1]
+        st = states.get(layer)
+        if st is None:
+            st = states[layer] = LayerState(dim, self.cfg, need_res, device)
+        x = torch.cat([u for _, u in keep]).to(device=device, dtype=torch.float32)
+        st.gram.update(x)
+        st.utt_gram.update(torch.stack([u.to(device=device, dtype=torch.float64).sum(0) for _, u in keep]))
+        st.frames += x.shape[0]
+        st.utterances += len(keep)
+        if st.reservoir is not None:
+            index = list(getattr(batch, "index", range(len(utts))))
+            keys = torch.cat([torch.as_tensor(frame_keys(index[i], u.shape[0], self.cfg.seed))
+                              for i, u in keep])
+            lab = None
+            if labels is not None:
+                lab = torch.from_numpy(np.concatenate(
+                    [align_labels(labels[i], u.shape[0], rate) for i, u in keep]))
+            st.reservoir.update(x.cpu(), keys=keys, labels=lab)
+
+    # ------------------------------------------------------------------ compute
+    def _compute_all(self, states: dict[int, LayerState], layers: list[int],
+                     have_labels: bool) -> dict[str, float]:
+        from sslvitals.distributed import rank as dist_rank
+
+        out: dict[str, float] = {}
+        wanted = [m for m in self.metrics if have_labels or m not in LABEL_METRICS]
+        if not have_labels and any(m in LABEL_METRICS for m in self.metrics) and "nolabels" not in self._warned:
+            self._warned.add("nolabels")
+            logger.info("sslvitals: the probe has no frame labels; skipping %s",
+                        ", ".join(m for m in self.metrics if m in LABEL_METRICS))
+        if dist_rank() != 0:
+            return out
+        for layer in layers:
+            st = states.get(layer)
+            if st is None:
+                for m in wanted:
+                    out[metric_key(m, layer)] = self._fail(m, layer, SSLVitalsError("no frames were captured"))
+                continue
+            out.update(self._compute_layer(st, layer, wanted))
+        return out
+
+    def _fail(self, metric: str, layer: int, exc: BaseException) -> float:
+        if self.cfg.strict:
+            raise SSLVitalsError(f"metric {metric} failed on layer {layer}: {exc}") from exc
+        tag = f"{metric}/{layer}/{type(exc).__name__}"
+        if tag not in self._warned:
+            self._warned.add(tag)
+            logger.warning("sslvitals: %s on layer %d failed (%s: %s); reporting NaN and going on "
+                           "(set vitals.strict=true to stop instead)", metric, layer,
+                           type(exc).__name__, exc)
+        return float("nan")
+
+    def _safe(self, out: dict[str, float], metric: str, layer: int, fn: Callable[[], float]) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value = float(fn())
+            if not math.isfinite(value):
+                tag = f"{metric}/{layer}/nonfinite"
+                if tag not in self._warned:
+                    self._warned.add(tag)
+                    logger.warning("sslvitals: %s on layer %d is undefined for this data (NaN)", metric, layer)
+        except Exception as exc:  # noqa: BLE001 - the monitor must never stop training
+            value = self._fail(metric, layer, exc)
+        out[metric_key(metric, layer)] = value
+
+    def _compute_layer(self, st: LayerState, layer: int, wanted: list[str]) -> dict[str, float]:
+        from sslvitals import metrics as M
+
+        cfg = self.cfg
+        out: dict[str, float] = {}
+        gram_wanted = [m for m in wanted if m in _GRAM_METRICS]
+        if gram_wanted:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    values = st.gram.compute(measures=gram_wanted)
+                for m in gram_wanted:
+                    self._safe(out, m, layer, lambda m=m: values[m])
+            except Exception as exc:  # noqa: BLE001
+                for m in gram_wanted:
+                    out[metric_key(m, layer)] = self._fail(m, layer, exc)
+        if "rankme_t" in wanted:
+            self._safe(out, "rankme_t", layer, lambda: st.utt_gram.compute(measures=["rankme"])["rankme"])
+        res_wanted = [m for m in wanted if m in _CLUSTER_METRICS or m == "cca_phone"]
+        if not res_wanted or st.reservoir is None:
+            return out
+        x, y = st.reservoir.sample()
+        x = torch.as_tensor(x).to(self.device(), dtype=torch.float32)
+        km_wanted = [m for m in res_wanted if m != "cca_phone"]
+        assigned = None
+        if km_wanted:
+            try:
+                if x.shape[0] < cfg.k:
+                    raise SSLVitalsError(
+                        f"only {x.shape[0]} frames for k={cfg.k} clusters; lower vitals.k or use a larger probe"
+                    )
+                km = M.kmeans(x, cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed, backend=cfg.backend)
+                assigned, sq = M.assign(x, km.centroids)
+                assigned = torch.as_tensor(assigned).to(x.device)
+                sq = torch.as_tensor(sq)
+            except Exception as exc:  # noqa: BLE001
+                for m in km_wanted:
+                    out[metric_key(m, layer)] = self._fail(m, layer, exc)
+                km_wanted = []
+        for m in km_wanted:
+            if m == "inertia":
+                self._safe(out, m, layer, lambda: float(sq.double().sum()) / max(1, sq.numel()))
+            elif m == "davies_bouldin":
+                self._safe(out, m, layer, lambda: M.davies_bouldin_score(x, assigned))
+            elif m == "calinski_harabasz":
+                self._safe(out, m, layer, lambda: M.calinski_harabasz_score(x, assigned))
+            elif m == "silhouette":
+                n = cfg.silhouette_sample or None
+                self._safe(out, m, layer, lambda: M.silhouette_score(x, assigned, sample_size=n, seed=cfg.seed))
+            elif m == "simplified_silhouette":
+                self._safe(out, m, layer, lambda: M.simplified_silhouette_score(x, assigned))
+            elif m in ("phone_purity", "cluster_purity", "pnmi"):
+                if y is None:
+                    continue
+                yy = torch.as_tensor(y).cpu()
+                aa = assigned.cpu()
+                if m == "phone_purity":
+                    self._safe(out, m, layer, lambda: M.phone_purity(aa, yy))
+                elif m == "cluster_purity":
+                    self._safe(out, m, layer, lambda: M.cluster_purity(aa, yy))
+                else:
+                    self._safe(out, m, layer, lambda: M.pnmi(aa, yy))
+        if "cca_phone" in res_wanted and y is not None:
+            yy = torch.as_tensor(y).cpu()
+            self._safe(out, "cca_phone", layer,
+                       lambda: M.cca_similarity(x.cpu().double(), M.one_hot(yy).double(), method="pwcca"))
+        return out
