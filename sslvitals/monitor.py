@@ -163,11 +163,17 @@ class VitalsMonitor:
         n_batches = 0
         try:
             model.eval()
-            with torch.no_grad(), LayerTap(model, layers=tap_layers) as tap:
-                layers = self.check_layers(tap.num_layers) if tap_layers is None else list(tap.layer_ids)
+            spec = self.cfg.layers if tap_layers is None else tap_layers
+            with torch.no_grad(), LayerTap(model, layers=spec) as tap:
+                layers = list(tap.layer_ids)
                 rates = tap.frame_rates()
                 for batch in batches:
                     tap.clear()
+                    lengths = getattr(batch, "lengths", None)
+                    if lengths is not None:
+                        # the model's own padding rule can keep an extra frame or two; the tap
+                        # trims every utterance to what its unpadded audio gives
+                        tap.set_input_lengths(lengths)
                     forward_fn(model, batch)
                     utts = tap.utterances()
                     labels = getattr(batch, "labels", None)

@@ -1,0 +1,3 @@
+"""Loaders for Hugging Face transformers speech models (local directories only)."""
+
+__all__: list[str] = []
