@@ -154,6 +154,8 @@ class VitalsMonitor:
         """
         from sslvitals.hooks import LayerTap
 
+        from sslvitals import distributed as dist
+
         t0 = time.perf_counter()
         device = self.device()
         was_training = model.training
@@ -161,43 +163,79 @@ class VitalsMonitor:
         need_res = any(m in _CLUSTER_METRICS or m == "cca_phone" for m in self.metrics)
         saw_labels: bool | None = None
         n_batches = 0
+        layers: list[int] = []
+        error: BaseException | None = None
         try:
             model.eval()
             spec = self.cfg.layers if tap_layers is None else tap_layers
             with torch.no_grad(), LayerTap(model, layers=spec) as tap:
                 layers = list(tap.layer_ids)
                 rates = tap.frame_rates()
-                for batch in batches:
-                    tap.clear()
-                    lengths = getattr(batch, "lengths", None)
-                    if lengths is not None:
-                        # the model's own padding rule can keep an extra frame or two; the tap
-                        # trims every utterance to what its unpadded audio gives
-                        tap.set_input_lengths(lengths)
-                    forward_fn(model, batch)
-                    utts = tap.utterances()
-                    labels = getattr(batch, "labels", None)
-                    saw_labels = (labels is not None) if saw_labels is None else (saw_labels and labels is not None)
-                    for layer in layers:
-                        if layer not in utts:
-                            raise SSLVitalsError(f"layer {layer} was not captured; captured: {sorted(utts)}")
-                        self._update_layer(states, layer, utts[layer], batch, labels,
-                                           rates.get(layer, LABEL_RATE), need_res, device)
-                    n_batches += 1
+                try:
+                    for batch in batches:
+                        tap.clear()
+                        lengths = getattr(batch, "lengths", None)
+                        if lengths is not None:
+                            # the model's own padding rule can keep an extra frame or two; the
+                            # tap trims every utterance to what its unpadded audio gives
+                            tap.set_input_lengths(lengths)
+                        forward_fn(model, batch)
+                        utts = tap.utterances()
+                        labels = getattr(batch, "labels", None)
+                        saw_labels = (labels is not None) if saw_labels is None else (saw_labels and labels is not None)
+                        for layer in layers:
+                            if layer not in utts:
+                                raise SSLVitalsError(f"layer {layer} was not captured; captured: {sorted(utts)}")
+                            self._update_layer(states, layer, utts[layer], batch, labels,
+                                               rates.get(layer, LABEL_RATE), need_res, device)
+                        n_batches += 1
+                except Exception as exc:  # noqa: BLE001 - decided below, together with the other ranks
+                    error = exc
                 tap.clear()
         finally:
             model.train(was_training)
         self.last_layers = layers
-        for st in states.values():
-            st.sync()
-        results = self._compute_all(states, layers, bool(saw_labels))
-        try:
-            from sslvitals.distributed import broadcast_object, is_distributed
 
-            if is_distributed():
-                results = broadcast_object(results, src=0)
-        except ImportError:  # pragma: no cover
-            pass
+        # Every rank must take part in the same collectives in the same order, even a rank
+        # whose shard was empty or whose forward failed: agree first on what each rank holds.
+        if dist.is_distributed() and dist.world_size() > 1:
+            info = {"error": None if error is None else f"{type(error).__name__}: {error}",
+                    "dims": {layer: st.dim for layer, st in states.items()},
+                    "labels": saw_labels}
+            everyone = dist.all_gather_object(info)
+            errors = [f"rank {r}: {i['error']}" for r, i in enumerate(everyone) if i["error"]]
+            if errors:
+                exc = error or SSLVitalsError("; ".join(errors))
+                if self.cfg.strict:
+                    raise SSLVitalsError(f"sslvitals measurement failed ({'; '.join(errors)})") from exc
+                return self._all_failed(layers, exc, t0)
+            dims = {}
+            for i in everyone:
+                dims.update(i["dims"])
+            for layer in layers:
+                if layer not in states and layer in dims:
+                    states[layer] = LayerState(dims[layer], self.cfg, need_res, device)
+            seen = [i["labels"] for i in everyone if i["labels"] is not None]
+            saw_labels = bool(seen) and all(seen)
+            for layer in sorted(layer for layer in layers if layer in states):
+                states[layer].sync()
+        elif error is not None:
+            if self.cfg.strict or isinstance(error, SSLVitalsError) and "was not captured" in str(error):
+                raise error
+            return self._all_failed(layers, error, t0)
+        if dist.is_distributed() and dist.world_size() > 1:
+            # rank 0 computes; whatever happens there (strict-mode errors included) reaches
+            # every rank, so no rank is left waiting in a collective
+            try:
+                payload: Any = self._compute_all(states, layers, bool(saw_labels))
+            except Exception as exc:  # noqa: BLE001
+                payload = SSLVitalsError(f"{type(exc).__name__}: {exc}")
+            payload = dist.broadcast_object(payload, src=0)
+            if isinstance(payload, BaseException):
+                raise payload
+            results = payload
+        else:
+            results = self._compute_all(states, layers, bool(saw_labels))
         self.last_seconds = time.perf_counter() - t0
         results[TIME_KEY] = self.last_seconds
         logger.info("sslvitals: measured %d layers on %d batches in %.1f s%s", len(layers), n_batches,
@@ -251,6 +289,18 @@ class VitalsMonitor:
                     out[metric_key(m, layer)] = self._fail(m, layer, SSLVitalsError("no frames were captured"))
                 continue
             out.update(self._compute_layer(st, layer, wanted))
+        return out
+
+    def _all_failed(self, layers: list[int], exc: BaseException, t0: float) -> dict[str, float]:
+        """Report every metric of every layer as NaN after a failed probe pass (one warning)."""
+        if "forward" not in self._warned:
+            self._warned.add("forward")
+            logger.warning("sslvitals: the probe pass failed (%s: %s); reporting NaN for every metric "
+                           "and going on (set vitals.strict=true to stop instead)", type(exc).__name__, exc)
+        out = {metric_key(m, layer): float("nan") for layer in layers for m in self.metrics
+               if m not in LABEL_METRICS}
+        self.last_seconds = time.perf_counter() - t0
+        out[TIME_KEY] = self.last_seconds
         return out
 
     def _fail(self, metric: str, layer: int, exc: BaseException) -> float:

@@ -226,7 +226,7 @@ def score_checkpoints(
                 monitor = VitalsMonitor(cfg)
                 batches = _tqdm(probe.batches(batch_seconds), desc=f"{Path(spec.path).name}",
                                 unit="batch", leave=False, disable=not progress)
-                result = monitor.measure(loaded.model, loaded.forward_fn, batches,
+                result = monitor.measure(loaded.model, loaded.forward_fn, loaded.batches(batches),
                                          step=loaded.step, tap_layers=loaded.tap_layers)
                 for key, value in result.items():
                     parsed = parse_key(key)
@@ -234,7 +234,7 @@ def score_checkpoints(
                         values[(parsed.layer, parsed.metric)] = float(value)
             if "cca_mel" in miss_extra:
                 cca_layers = sorted({ly for ly, m in missing if m == "cca_mel"})
-                batches = probe.batches(batch_seconds)
+                batches = loaded.batches(probe.batches(batch_seconds))
                 scores = cca_mel_scores(
                     loaded.model, loaded.forward_fn, batches, cca_layers, capacity=cca_frames,
                     seed=seed, tap_layers=loaded.tap_layers,

@@ -158,3 +158,39 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     for k in keys:
         assert r0[k] == r1[k], k  # every rank logs the same numbers
         assert r0[k] == pytest.approx(one[k], rel=1e-5, abs=1e-9), k
+
+
+def _worker_uneven(rank, world, init, probe_path, out_path, mode):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    probe = ProbeSet.from_path(probe_path)
+    batches = probe.batches(batch_seconds=2.0)
+    fwd = forward
+    if rank == 1 and mode == "empty":
+        batches = iter(())  # this rank's shard is empty
+
+    if rank == 1 and mode == "fail":
+        def fwd(model, batch):
+            raise RuntimeError("simulated out-of-memory")
+    out = VitalsMonitor(small_cfg(reservoir_size=300, silhouette_sample=0, metrics="rankme,inertia")).measure(
+        tiny_hubert(), fwd, batches)
+    torch.save(out, f"{out_path}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["empty", "fail"])
+def test_two_process_uneven_ranks_do_not_hang(tmp_path, mode):
+    probe_path = write_probe(tmp_path, n_utts=4)
+    one = VitalsMonitor(small_cfg(reservoir_size=300, silhouette_sample=0, metrics="rankme,inertia")).measure(
+        tiny_hubert(), forward, ProbeSet.from_path(probe_path).batches(batch_seconds=2.0))
+    torch.multiprocessing.spawn(_worker_uneven, args=(2, f"file://{tmp_path}/init", str(probe_path),
+                                                      str(tmp_path / "out"), mode), nprocs=2, join=True)
+    r0, r1 = torch.load(f"{tmp_path}/out.0"), torch.load(f"{tmp_path}/out.1")
+    for k in one:
+        if k == "vitals/seconds":
+            continue
+        assert (math.isnan(r0[k]) and math.isnan(r1[k])) or r0[k] == r1[k], k
+        if mode == "empty":  # rank 0 saw everything: same numbers as one process
+            assert r0[k] == pytest.approx(one[k], rel=1e-5), k
+        else:  # one rank failed: every rank reports NaN, nobody hangs
+            assert math.isnan(r0[k]), k

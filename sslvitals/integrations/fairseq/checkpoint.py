@@ -92,19 +92,17 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 
 
 def fairseq_forward(normalize: bool) -> Any:
-    """Build the forward function for fairseq-style models (``extract_features``)."""
-    from sslvitals.offline.loaders import normalise_waveforms
+    """The forward function the training-time plugin uses, so offline and online numbers agree."""
+    from sslvitals.integrations.fairseq.forward import make_forward_fn
 
-    def forward(model: torch.nn.Module, batch: Any) -> Any:
-        device = next(model.parameters()).device
-        wav = batch.wav.to(device)
-        lengths = batch.lengths.to(device)
-        if normalize:
-            wav = normalise_waveforms(wav, lengths)
-        pad = torch.arange(wav.shape[1], device=device)[None, :] >= lengths[:, None]
-        return model.extract_features(wav, padding_mask=pad, mask=False)
+    return make_forward_fn(normalize)
 
-    return forward
+
+def _rebatch_for(model: torch.nn.Module) -> Any:
+    """One utterance per batch for front-ends that normalise over time (as during training)."""
+    from sslvitals.integrations.fairseq.forward import needs_unpadded_input, split_utterances
+
+    return split_utterances if needs_unpadded_input(model) else None
 
 
 def _patch_hubert_dictionaries(state: dict[str, Any], overrides: dict[str, Any]) -> None:
@@ -173,12 +171,16 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
 
     from fairseq.models import MODEL_REGISTRY
 
+    # runs trained with the sslvitals plugin record its task names (e.g. hubert_pretraining_vitals)
+    from sslvitals.integrations.fairseq.tasks import stock_task_name  # registers the wrappers
+
     if model_name == "multires_hubert" and model_name not in MODEL_REGISTRY:
         from sslvitals.integrations.s3prl.multires_hubert import load_multires_hubert_state
 
         model = load_multires_hubert_state(state)
         return LoadedModel(model.to(device).eval(), fairseq_forward(normalize), "s3prl",
-                           "multires_hubert", step, loss, info={"path": path})
+                           "multires_hubert", step, loss, info={"path": path},
+                           rebatch=_rebatch_for(model))
     if model_name not in MODEL_REGISTRY:
         raise SSLVitalsError(
             f"model {model_name!r} is not registered in this fairseq (known audio models: "
@@ -192,7 +194,8 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
 
     with tempfile.TemporaryDirectory(prefix="sslvitals_fairseq_") as scratch:
         overrides: dict[str, Any] = {"data": scratch}
-        if _get(task_cfg, "_name", None) in ("hubert_pretraining", "multires_hubert_pretraining"):
+        if stock_task_name(str(_get(task_cfg, "_name", ""))) in ("hubert_pretraining",
+                                                                 "multires_hubert_pretraining"):
             overrides["label_dir"] = scratch
             _patch_hubert_dictionaries(state, overrides)
         if state.get("cfg") is not None:
@@ -213,4 +216,4 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
     if name not in ("HubertModel", "Wav2Vec2Model"):
         logger.warning("%s: %s is not a pretraining HuBERT/wav2vec 2.0 model; trying extract_features", path, name)
     return LoadedModel(model.to(device).eval(), fairseq_forward(normalize), "fairseq", kind, step,
-                       loss, info={"path": path, "model": name})
+                       loss, info={"path": path, "model": name}, rebatch=_rebatch_for(model))

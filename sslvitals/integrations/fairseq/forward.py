@@ -1,0 +1,125 @@
+"""The probe forward pass for fairseq's HuBERT, wav2vec 2.0 and MR-HuBERT models.
+
+Validation's own forward masks the input (that is what the loss needs), so the metrics come from
+a separate pass over the probe: no masking, eval mode, no gradients. The layer outputs are
+captured by :class:`sslvitals.hooks.LayerTap`; this pass only has to feed the model the way its
+data loader would.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+__all__ = [
+    "normalize_waveforms",
+    "padding_mask",
+    "needs_unpadded_input",
+    "split_utterances",
+    "make_forward_fn",
+]
+
+
+def padding_mask(lengths: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """fairseq's padding mask: True at padded samples.
+
+    Args:
+        lengths: ``(B,)`` valid samples per row.
+        num_samples: Padded length ``T``.
+
+    Returns:
+        ``(B, T)`` bool tensor on the device of ``lengths``.
+    """
+    return torch.arange(num_samples, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def normalize_waveforms(wav: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples; padding stays zero.
+
+    This is the input normalisation fairseq's audio datasets apply when ``task.normalize`` is
+    true (a layer norm over the whole utterance, biased variance, ``eps = 1e-5``).
+
+    Args:
+        wav: ``(B, T)`` float waveforms, zero-padded.
+        lengths: ``(B,)`` valid samples per row.
+        eps: Added to the variance.
+
+    Returns:
+        ``(B, T)`` normalised waveforms (float32 or the input's floating dtype).
+    """
+    valid = (~padding_mask(lengths, wav.shape[1])).to(wav.dtype)
+    count = lengths.to(wav.dtype).clamp_min(1)[:, None]
+    mean = (wav * valid).sum(dim=1, keepdim=True) / count
+    centred = (wav - mean) * valid
+    var = (centred * centred).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(var + eps)
+
+
+def needs_unpadded_input(model: torch.nn.Module) -> bool:
+    """True when padding would change the features of the other frames of an utterance.
+
+    fairseq's ``extractor_mode=default`` front-end (HuBERT / wav2vec 2.0 Base) normalises its
+    first convolution with a GroupNorm over the whole time axis, so zero padding shifts the
+    statistics of every frame; such models must see each probe utterance alone, as fairseq's
+    own feature dumping does. ``extractor_mode=layer_norm`` models normalise per frame and can
+    be fed padded batches.
+    """
+    front = getattr(model, "feature_extractor", None)
+    if not isinstance(front, torch.nn.Module):
+        return False
+    return any(isinstance(m, torch.nn.GroupNorm) for m in front.modules())
+
+
+def split_utterances(batches: Iterable[Any]) -> Iterator[Any]:
+    """Re-cut probe batches into one-utterance batches, unpadded, in the same order.
+
+    For models where :func:`needs_unpadded_input` is true: each utterance then runs alone, as
+    fairseq's feature dumping runs it, whatever batch it was read in.
+
+    Args:
+        batches: :class:`~sslvitals.probe.ProbeBatch` objects.
+
+    Yields:
+        ProbeBatch with ``B = 1`` and ``T`` = the utterance's length.
+    """
+    from sslvitals.probe import ProbeBatch
+
+    for batch in batches:
+        for row, n in enumerate(batch.lengths.tolist()):
+            yield ProbeBatch(
+                wav=batch.wav[row:row + 1, :n], lengths=batch.lengths[row:row + 1],
+                ids=batch.ids[row:row + 1], index=batch.index[row:row + 1],
+                labels=None if batch.labels is None else batch.labels[row:row + 1],
+                sample_rate=batch.sample_rate,
+            )
+
+
+def make_forward_fn(normalize: bool) -> Callable[[torch.nn.Module, Any], Any]:
+    """Build ``forward_fn(model, batch)`` for :meth:`sslvitals.monitor.VitalsMonitor.measure`.
+
+    The function moves the batch to the model's device and dtype (so fp16/bf16 models work),
+    normalises it when the task does, and calls the model once through ``__call__`` (so that
+    :class:`~sslvitals.hooks.LayerTap` sees the padding mask and the input lengths) with
+    ``source=wav, padding_mask=mask, mask=False, features_only=True``: the unmasked feature
+    pass shared by fairseq's ``HubertModel``, ``Wav2Vec2Model`` and ``MultiresHubertModel``
+    (what their ``extract_features`` runs). Feed models that need it one-utterance batches
+    (:func:`needs_unpadded_input`, :func:`split_utterances`).
+
+    Args:
+        normalize: The task's ``normalize`` option.
+
+    Returns:
+        The forward function; it returns None (the layers are read by hooks).
+    """
+
+    def forward_fn(model: torch.nn.Module, batch: Any) -> None:
+        param = next(model.parameters())
+        wav = batch.wav.to(device=param.device, dtype=torch.float32)
+        lengths = batch.lengths.to(param.device)
+        if normalize:
+            wav = normalize_waveforms(wav, lengths)
+        model(source=wav.to(param.dtype), padding_mask=padding_mask(lengths, wav.shape[1]),
+              mask=False, features_only=True)
+        return None
+
+    return forward_fn
