@@ -19,7 +19,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["sslvitals", "sslvitals.*"]),
-    package_data={"sslvitals": ["py.typed", "data/*", "integrations/fairseq/config/*.yaml"]},
+    package_data={"sslvitals": ["py.typed", "synth/data/*"]},
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",

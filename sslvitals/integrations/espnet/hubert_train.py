@@ -1,0 +1,51 @@
+"""Drop-in replacement of ``python -m espnet2.bin.hubert_train`` with the vitals options.
+
+Usage: the same arguments as ``espnet2.bin.hubert_train``, plus ``--vitals_config FILE`` and/or
+a ``vitals:`` block in ``--config`` (``--vitals key=value`` to override single fields)::
+
+    python -m sslvitals.integrations.espnet.hubert_train <hubert_train args> \
+        --vitals_config conf/vitals.yaml
+
+With the vitals disabled it trains exactly like the stock entry point (same task, same
+trainer code path). A bad vitals configuration exits with status 2 before training.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+from sslvitals.errors import SSLVitalsError
+
+__all__ = ["main", "get_parser"]
+
+
+def get_parser():  # noqa: ANN201 - ESPnet's config_argparse.ArgumentParser
+    """The parser of ``hubert_train`` with the vitals options."""
+    from sslvitals.integrations.espnet.tasks import VitalsHubertTask
+
+    return VitalsHubertTask.get_parser()
+
+
+def main(cmd: Sequence[str] | None = None) -> None:
+    """Run HuBERT pretraining with the vitals trainer.
+
+    Raises:
+        SSLVitalsError: on a bad vitals configuration (before training).
+    """
+    from sslvitals.integrations.espnet.tasks import VitalsHubertTask, run_task
+
+    run_task(VitalsHubertTask, cmd)
+
+
+def _console() -> int:
+    try:
+        main()
+    except SSLVitalsError as exc:
+        logging.getLogger("sslvitals").error("sslvitals: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_console())
