@@ -54,29 +54,10 @@ def _task_for(config: dict[str, Any]) -> Any:
 
 
 def espnet_forward(model: torch.nn.Module, batch: Any) -> Any:
-    """Run an ESPnet HuBERT/SSL model's front-end and encoder without masking.
+    """The forward function the training-time trainer uses, so offline and online numbers agree."""
+    from sslvitals.integrations.espnet.forward import espnet_forward as _training_forward
 
-    Args:
-        model: ``TorchAudioHubertPretrainModel`` / ``HubertPretrainModel`` / SSL model.
-        batch: A probe batch (``wav (B, T)``, ``lengths (B,)``).
-    """
-    device = next(model.parameters()).device
-    speech = batch.wav.to(device)
-    lengths = batch.lengths.to(device)
-    feats, flens = model._extract_feats(speech, lengths)
-    if getattr(model, "normalize", None) is not None:
-        feats, flens = model.normalize(feats, flens)
-    if getattr(model, "preencoder", None) is not None:
-        feats, flens = model.preencoder(feats, flens)
-    enc = model.encoder
-    if hasattr(enc, "hubert_pretrain_model"):
-        w2v = enc.hubert_pretrain_model.wav2vec2
-        x, out_len = w2v.feature_extractor(feats, flens)
-        return w2v.encoder(x, out_len)
-    if type(enc).__name__ == "FairseqHubertPretrainEncoder":
-        pad = torch.arange(feats.shape[1], device=device)[None, :] >= flens[:, None]
-        return enc.encoder.extract_features(feats, padding_mask=pad, mask=False)
-    return enc(feats, flens)
+    return _training_forward(model, batch)
 
 
 def load_espnet_checkpoint(model_file: str, *, config: str | None = None,
