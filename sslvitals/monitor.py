@@ -360,16 +360,16 @@ class VitalsMonitor:
                         f"only {x.shape[0]} frames for k={cfg.k} clusters; lower vitals.k or use a larger probe"
                     )
                 km = M.kmeans(x, cfg.k, niter=cfg.kmeans_iters, seed=cfg.seed, backend=cfg.backend)
-                assigned, sq = M.assign(x, km.centroids)
-                assigned = torch.as_tensor(assigned).to(x.device)
-                sq = torch.as_tensor(sq)
+                # km.labels / km.inertia are the assignment to the final centroids
+                assigned = torch.as_tensor(km.labels).to(x.device)
+                inertia_sum = float(km.inertia)
             except Exception as exc:  # noqa: BLE001
                 for m in km_wanted:
                     out[metric_key(m, layer)] = self._fail(m, layer, exc)
                 km_wanted = []
         for m in km_wanted:
             if m == "inertia":
-                self._safe(out, m, layer, lambda: float(sq.double().sum()) / max(1, sq.numel()))
+                self._safe(out, m, layer, lambda: inertia_sum / max(1, x.shape[0]))
             elif m == "davies_bouldin":
                 self._safe(out, m, layer, lambda: M.davies_bouldin_score(x, assigned))
             elif m == "calinski_harabasz":

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 # Keep the two cores of a CI machine predictable.
-torch.set_num_threads(int(os.environ.get("SSLVITALS_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("SSLVITALS_TEST_THREADS", "1")))
 
 
 @pytest.fixture
