@@ -20,7 +20,7 @@ would not see torch or FAISS buffers. Results go to stdout and to a markdown fil
 
 Usage:
     python benchmarks/bench_core.py                 # full run, writes benchmarks/RESULTS.md
-    python benchmarks/bench_core.py --quick --out /tmp/quick.md   # small smoke run
+    python benchmarks/bench_core.py --quick --out quick.md   # small smoke run
 """
 from __future__ import annotations
 

@@ -3,3 +3,5 @@
 Each sub-package (``fairseq``, ``espnet``, ...) is imported only when the user asks for it, so
 the core package works without any toolkit installed.
 """
+
+__all__: list[str] = []

@@ -4,3 +4,5 @@ fairseq imports a user dir by its folder name after putting the parent folder on
 this folder therefore contains nothing but that package, so no other module becomes importable
 under a top-level name.
 """
+
+__all__: list[str] = []
