@@ -30,8 +30,8 @@ setup(
     ],
     extras_require={
         "faiss": ["faiss-cpu>=1.7"],
-        "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0", "faiss-cpu>=1.7"],
-        "espnet": ["espnet==202511", "faiss-cpu>=1.7"],
+        "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
+        "espnet": ["espnet==202511"],
         "s3prl": ["s3prl==0.4.18"],
         "transformers": ["transformers>=4.40"],
         "dev": ["pytest", "pytest-timeout", "scikit-learn>=1.3", "transformers>=4.40"],
