@@ -219,6 +219,38 @@ def plot_heatmaps(frame: pd.DataFrame, out_prefix: str | Path,
     return written
 
 
+#: Characters per line of a scatter panel's title or label (half of a 3.3 in column at 8 pt).
+_PANEL_CHARS = 24
+
+
+def _wrap(text: str, width: int = _PANEL_CHARS) -> str:
+    """``text`` broken at spaces into lines of at most ``width`` characters (longer words kept
+    whole)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=False)) or text
+
+
+def _scatter_title(metric: str, layer: int | None, rho: float) -> str:
+    """Panel title of the downstream scatter in two short lines: the metric, then the layer
+    and rho, e.g. ``"calinski harabasz\\nL4, $\\rho$ = -0.88"`` (no layer for ``loss``)."""
+    value = "n/a" if math.isnan(rho) else f"{rho:+.2f}"
+    where = "" if layer is None else f"L{layer}, "
+    return f"{_wrap(metric.replace('_', ' '))}\n{where}$\\rho$ = {value}"
+
+
+def _offset_into_xlabel(fig) -> None:  # noqa: ANN001 - a matplotlib Figure
+    """Move each axis' x offset / scale text (``1e4``, ``+1e4``) into its x label, where it
+    cannot collide with the label of a narrow panel. Draws ``fig`` once to know the texts."""
+    fig.canvas.draw()
+    for ax in fig.axes:
+        offset = ax.xaxis.get_offset_text()
+        text = offset.get_text()
+        if ax.axison and text:
+            ax.set_xlabel(f"{ax.get_xlabel()} ({text})")
+            offset.set_visible(False)
+
+
 def plot_downstream_scatter(
     results: pd.DataFrame,
     downstream: pd.DataFrame,
@@ -265,7 +297,11 @@ def plot_downstream_scatter(
         ts = scores[scores["task"] == task].set_index("unit")
         ncols = min(2, len(chosen))
         nrows = math.ceil(len(chosen) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH_IN, 1.45 * nrows + 0.2), squeeze=False)
+        # shared y (one score axis per task), titles of two short lines, and a layout engine
+        # that keeps titles and labels of neighbouring panels apart at 3.3 in
+        fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_WIDTH_IN, 1.75 * nrows + 0.1),
+                                 squeeze=False, sharey=True, layout="constrained")
+        fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.04, hspace=0.04)
         for i, (metric, layer) in enumerate(chosen):
             ax = axes[i // ncols][i % ncols]
             sel = values[values["metric"] == metric]
@@ -278,18 +314,18 @@ def plot_downstream_scatter(
             row = task_table[(task_table["metric"] == metric)
                              & ((task_table["layer"].isna()) if layer is None else (task_table["layer"] == layer))]
             rho = float(row["spearman"].iloc[0]) if len(row) else math.nan
-            name = metric.replace("_", " ") + ("" if layer is None else f" L{layer}")
-            ax.set_title(f"{name}: $\\rho$={rho:+.2f}", pad=2)
-            ax.set_xlabel(metric.replace("_", " "), labelpad=1)
+            ax.set_title(_scatter_title(metric, layer, rho), pad=2, linespacing=1.1)
+            ax.set_xlabel(_wrap(metric.replace("_", " ")), labelpad=1)
             if i % ncols == 0:
                 direction = ts["direction"].iloc[0]
-                ax.set_ylabel(f"{task} ({'lower' if direction == 'lower' else 'higher'} better)", labelpad=1)
+                better = "lower" if direction == "lower" else "higher"
+                ax.set_ylabel(f"{_wrap(str(task))}\n({better} better)", labelpad=1)
             ax.tick_params(length=2, pad=1)
             ax.grid(alpha=0.25, linewidth=0.4)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
         for j in range(len(chosen), nrows * ncols):
             axes[j // ncols][j % ncols].axis("off")
-        fig.tight_layout(pad=0.3, w_pad=0.6, h_pad=0.5)
+        _offset_into_xlabel(fig)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(task))
         written += _save(fig, out_prefix, f"_scatter_{safe}")
         plt.close(fig)
@@ -334,7 +370,9 @@ def run(args: argparse.Namespace) -> int:
     if "scatter" in kinds and args.downstream:
         from sslvitals.offline.correlate import load_downstream
 
-        written += plot_downstream_scatter(frame, load_downstream(args.downstream), args.out,
+        # --metrics limits the scatter panels too (the pretraining loss stays a candidate)
+        scatter_frame = frame[frame["metric"].isin(metrics)] if metrics else frame
+        written += plot_downstream_scatter(scatter_frame, load_downstream(args.downstream), args.out,
                                            top=args.top, step=args.step,
                                            allow_missing=args.allow_missing)
     for w in written:
