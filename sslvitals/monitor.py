@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 _CLUSTER_METRICS = ("inertia", "davies_bouldin", "calinski_harabasz", "silhouette",
                     "simplified_silhouette", "phone_purity", "cluster_purity", "pnmi")
 _GRAM_METRICS = ("rankme", "effective_rank", "alpha_req", "stable_rank", "nesum", "numerical_rank")
+_RESERVOIR_METRICS = _CLUSTER_METRICS + ("cca_phone",)
 LABEL_RATE = 50.0
 
 
@@ -73,24 +74,30 @@ def align_labels(labels: np.ndarray, num_frames: int, layer_rate: float,
 
 
 class LayerState:
-    """The accumulators of one layer (created on the first batch, when D is known)."""
+    """The accumulators of one layer (created on the first batch, when D is known).
 
-    def __init__(self, dim: int, cfg: VitalsConfig, need_reservoir: bool, device: torch.device):
+    Only the accumulators the configured metrics need are kept: the Gram matrix of all frames
+    for the rank measures, the utterance-sum Gram matrix for RankMe-t, the reservoir for
+    k-means, the cluster scores and the label measures.
+    """
+
+    def __init__(self, dim: int, cfg: VitalsConfig, metrics: tuple[str, ...], device: torch.device):
         from sslvitals.streaming import GramAccumulator, ReservoirSampler
 
         self.dim = dim
-        self.gram = GramAccumulator(dim, device=device)
-        self.utt_gram = GramAccumulator(dim, device=device)
-        self.reservoir = ReservoirSampler(cfg.reservoir_size, dim, seed=cfg.seed) if need_reservoir else None
+        self.gram = (GramAccumulator(dim, device=device)
+                     if any(m in _GRAM_METRICS for m in metrics) else None)
+        self.utt_gram = GramAccumulator(dim, device=device) if "rankme_t" in metrics else None
+        self.reservoir = (ReservoirSampler(cfg.reservoir_size, dim, seed=cfg.seed)
+                          if any(m in _RESERVOIR_METRICS for m in metrics) else None)
         self.frames = 0
         self.utterances = 0
 
     def sync(self) -> None:
         """Synchronise every accumulator across ranks (no-op without torch.distributed)."""
-        self.gram.sync()
-        self.utt_gram.sync()
-        if self.reservoir is not None:
-            self.reservoir.sync()
+        for acc in (self.gram, self.utt_gram, self.reservoir):
+            if acc is not None:
+                acc.sync()
 
 
 class VitalsMonitor:
@@ -160,7 +167,6 @@ class VitalsMonitor:
         device = self.device()
         was_training = model.training
         states: dict[int, LayerState] = {}
-        need_res = any(m in _CLUSTER_METRICS or m == "cca_phone" for m in self.metrics)
         saw_labels: bool | None = None
         n_batches = 0
         layers: list[int] = []
@@ -187,7 +193,7 @@ class VitalsMonitor:
                             if layer not in utts:
                                 raise SSLVitalsError(f"layer {layer} was not captured; captured: {sorted(utts)}")
                             self._update_layer(states, layer, utts[layer], batch, labels,
-                                               rates.get(layer, LABEL_RATE), need_res, device)
+                                               rates.get(layer, LABEL_RATE), device)
                         n_batches += 1
                 except Exception as exc:  # noqa: BLE001 - decided below, together with the other ranks
                     error = exc
@@ -214,7 +220,7 @@ class VitalsMonitor:
                 dims.update(i["dims"])
             for layer in layers:
                 if layer not in states and layer in dims:
-                    states[layer] = LayerState(dims[layer], self.cfg, need_res, device)
+                    states[layer] = LayerState(dims[layer], self.cfg, self.metrics, device)
             seen = [i["labels"] for i in everyone if i["labels"] is not None]
             saw_labels = bool(seen) and all(seen)
             for layer in sorted(layer for layer in layers if layer in states):
@@ -243,7 +249,7 @@ class VitalsMonitor:
         return results
 
     def _update_layer(self, states: dict[int, LayerState], layer: int, utts: list[torch.Tensor],
-                      batch: Any, labels: list[np.ndarray] | None, rate: float, need_res: bool,
+                      batch: Any, labels: list[np.ndarray] | None, rate: float,
                       device: torch.device) -> None:
         from sslvitals.streaming import frame_keys
 
@@ -253,10 +259,12 @@ class VitalsMonitor:
         dim = keep[0][1].shape[1]
         st = states.get(layer)
         if st is None:
-            st = states[layer] = LayerState(dim, self.cfg, need_res, device)
+            st = states[layer] = LayerState(dim, self.cfg, self.metrics, device)
         x = torch.cat([u for _, u in keep]).to(device=device, dtype=torch.float32)
-        st.gram.update(x)
-        st.utt_gram.update(torch.stack([u.to(device=device, dtype=torch.float64).sum(0) for _, u in keep]))
+        if st.gram is not None:
+            st.gram.update(x)
+        if st.utt_gram is not None:
+            st.utt_gram.update(torch.stack([u.to(device=device, dtype=torch.float64).sum(0) for _, u in keep]))
         st.frames += x.shape[0]
         st.utterances += len(keep)
         if st.reservoir is not None:
@@ -346,7 +354,7 @@ class VitalsMonitor:
                     out[metric_key(m, layer)] = self._fail(m, layer, exc)
         if "rankme_t" in wanted:
             self._safe(out, "rankme_t", layer, lambda: st.utt_gram.compute(measures=["rankme"])["rankme"])
-        res_wanted = [m for m in wanted if m in _CLUSTER_METRICS or m == "cca_phone"]
+        res_wanted = [m for m in wanted if m in _RESERVOIR_METRICS]
         if not res_wanted or st.reservoir is None:
             return out
         x, y = st.reservoir.sample()

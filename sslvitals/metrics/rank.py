@@ -229,6 +229,16 @@ def _prepare(x: ArrayLike) -> tuple[torch.Tensor, int, int]:
     return t, int(t.shape[0]), int(t.shape[1])
 
 
+def _checked_spectrum(t: torch.Tensor, center: bool) -> tuple[torch.Tensor | None, str | None]:
+    """Singular values of ``t`` (centered or not) and why the measures are undefined, if they are."""
+    n, d = int(t.shape[0]), int(t.shape[1])
+    reason = _degenerate_reason(n, d, None, center)
+    if reason is not None:
+        return None, reason
+    s = _svdvals(t, center=center)
+    return s, _degenerate_reason(n, d, s, center)
+
+
 # --------------------------------------------------------------------------------------------
 # public functions on (N, D) data
 # --------------------------------------------------------------------------------------------
@@ -254,10 +264,7 @@ def rankme(x: ArrayLike, eps: float = 1e-7) -> float:
         4.0
     """
     t, n, d = _prepare(x)
-    reason = _degenerate_reason(n, d, None, False)
-    if reason is None:
-        s = _svdvals(t, center=False)
-        reason = _degenerate_reason(n, d, s, False)
+    s, reason = _checked_spectrum(t, center=False)
     if reason is not None:
         return degenerate("rankme", reason)
     return _rankme_s(s, eps)
@@ -294,10 +301,7 @@ def effective_rank(x: ArrayLike, *, center: bool = True, spectrum: str = "singul
     """
     _check_spectrum(spectrum)
     t, n, d = _prepare(x)
-    reason = _degenerate_reason(n, d, None, center)
-    if reason is None:
-        s = _svdvals(t, center=center)
-        reason = _degenerate_reason(n, d, s, center)
+    s, reason = _checked_spectrum(t, center=center)
     if reason is not None:
         return degenerate("effective_rank", reason)
     return _effective_rank_s(s, spectrum)
@@ -355,11 +359,7 @@ def rankme_t(utterances: Sequence[ArrayLike], eps: float = 1e-7) -> float:
         2.0
     """
     u = utterance_sums(utterances)
-    n, d = int(u.shape[0]), int(u.shape[1])
-    reason = _degenerate_reason(n, d, None, False)
-    if reason is None:
-        s = _svdvals(u, center=False)
-        reason = _degenerate_reason(n, d, s, False)
+    s, reason = _checked_spectrum(u, center=False)
     if reason is not None:
         return degenerate("rankme_t", reason)
     return _rankme_s(s, eps)
@@ -394,10 +394,7 @@ def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None) 
     """
     _check_fit_range(fit_range)
     t, n, d = _prepare(x)
-    reason = _degenerate_reason(n, d, None, True)
-    if reason is None:
-        c = _svdvals(t, center=True)
-        reason = _degenerate_reason(n, d, c, True)
+    c, reason = _checked_spectrum(t, center=True)
     if reason is None:
         first, last = _alpha_fit_indices(c, n, d, fit_range)
         if last - first + 1 < 2:
@@ -422,10 +419,7 @@ def stable_rank(x: ArrayLike) -> float:
         1.5
     """
     t, n, d = _prepare(x)
-    reason = _degenerate_reason(n, d, None, False)
-    if reason is None:
-        s = _svdvals(t, center=False)
-        reason = _degenerate_reason(n, d, s, False)
+    s, reason = _checked_spectrum(t, center=False)
     if reason is not None:
         return degenerate("stable_rank", reason)
     return _stable_rank_s(s)
@@ -449,10 +443,7 @@ def nesum(x: ArrayLike) -> float:
         1.25
     """
     t, n, d = _prepare(x)
-    reason = _degenerate_reason(n, d, None, True)
-    if reason is None:
-        c = _svdvals(t, center=True)
-        reason = _degenerate_reason(n, d, c, True)
+    c, reason = _checked_spectrum(t, center=True)
     if reason is not None:
         return degenerate("nesum", reason)
     return _nesum_s(c)
@@ -476,10 +467,7 @@ def numerical_rank(x: ArrayLike, tol: float | None = None) -> float:
         1.0
     """
     t, n, d = _prepare(x)
-    reason = _degenerate_reason(n, d, None, False)
-    if reason is None:
-        s = _svdvals(t, center=False)
-        reason = _degenerate_reason(n, d, s, False)
+    s, reason = _checked_spectrum(t, center=False)
     if reason is not None:
         return degenerate("numerical_rank", reason)
     return _numerical_rank_s(s, n, d, tol)

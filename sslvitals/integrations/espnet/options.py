@@ -16,12 +16,13 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from sslvitals.config import VitalsConfig
 from sslvitals.errors import SSLVitalsError
 
 __all__ = [
+    "exit_status",
     "add_vitals_arguments",
     "read_vitals_yaml",
     "resolve_config",
@@ -234,3 +235,16 @@ def load_probe(cfg: VitalsConfig, valid_data: Sequence[Any] | None = None) -> An
     path = resolve_probe_path(cfg, valid_data)
     return ProbeSet.from_path(path, labels=cfg.probe_labels, max_seconds=cfg.max_probe_seconds,
                               seed=cfg.seed)
+
+
+def exit_status(main: Callable[[], None]) -> int:
+    """Run an entry point's ``main`` and map a vitals configuration error to exit status 2.
+
+    Used by ``hubert_train`` and ``ssl_train`` when run as ``python -m``.
+    """
+    try:
+        main()
+    except SSLVitalsError as exc:
+        logging.getLogger("sslvitals").error("sslvitals: %s", exc)
+        return 2
+    return 0

@@ -11,11 +11,8 @@ trainer code path). A bad vitals configuration exits with status 2 before traini
 """
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Sequence
-
-from sslvitals.errors import SSLVitalsError
 
 __all__ = ["main", "get_parser"]
 
@@ -38,14 +35,7 @@ def main(cmd: Sequence[str] | None = None) -> None:
     run_task(VitalsSSLTask, cmd)
 
 
-def _console() -> int:
-    try:
-        main()
-    except SSLVitalsError as exc:
-        logging.getLogger("sslvitals").error("sslvitals: %s", exc)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_console())
+    from sslvitals.integrations.espnet.options import exit_status
+
+    sys.exit(exit_status(main))

@@ -157,29 +157,19 @@ ENCODERS: dict[str, list[str]] = {
 }
 
 
-def hubert_args(root: Path, output_dir: Path, encoder: str, *, epochs: int = 2,
-                extra: list[str] | None = None) -> list[str]:
-    """Arguments of ``hubert_train`` for the tiny experiment (the stock options of hubert.sh).
+def data_args(root: Path, output_dir: Path, *, epochs: int = 2) -> list[str]:
+    """Data, batching and optimiser arguments shared by ``hubert_train`` and ``ssl_train``.
 
     Args:
         root: The folder returned by :func:`make_experiment`.
         output_dir: Experiment folder.
-        encoder: A key of :data:`ENCODERS`.
         epochs: ``--max_epoch``.
-        extra: Further arguments appended last (e.g. ``--vitals_config``).
     """
     train, valid = root / "data" / "train", root / "data" / "valid"
-    enc = list(ENCODERS[encoder])
-    if encoder == "hubert_pretrain":
-        enc += ["--encoder_conf", f"hubert_dict={root / 'dict.txt'}"]
     return [
         "--use_preprocessor", "true",
-        "--normalize", "none",
-        "--input_size", "1",
-        "--specaug", "none",
         "--token_type", "word",
         "--token_list", str(root / "tokens.txt"),
-        "--num_classes", str(NUM_CLASSES),
         "--train_data_path_and_name_and_type", f"{train / 'wav.scp'},speech,sound",
         "--train_data_path_and_name_and_type", f"{train / 'text'},text,text",
         "--valid_data_path_and_name_and_type", f"{valid / 'wav.scp'},speech,sound",
@@ -201,6 +191,29 @@ def hubert_args(root: Path, output_dir: Path, encoder: str, *, epochs: int = 2,
         "--collate_fn_conf", "rand_crop=true",
         "--seed", "1",
         "--resume", "false",
+    ]
+
+
+def hubert_args(root: Path, output_dir: Path, encoder: str, *, epochs: int = 2,
+                extra: list[str] | None = None) -> list[str]:
+    """Arguments of ``hubert_train`` for the tiny experiment (the stock options of hubert.sh).
+
+    Args:
+        root: The folder returned by :func:`make_experiment`.
+        output_dir: Experiment folder.
+        encoder: A key of :data:`ENCODERS`.
+        epochs: ``--max_epoch``.
+        extra: Further arguments appended last (e.g. ``--vitals_config``).
+    """
+    enc = list(ENCODERS[encoder])
+    if encoder == "hubert_pretrain":
+        enc += ["--encoder_conf", f"hubert_dict={root / 'dict.txt'}"]
+    return [
+        "--normalize", "none",
+        "--input_size", "1",
+        "--specaug", "none",
+        "--num_classes", str(NUM_CLASSES),
+        *data_args(root, output_dir, epochs=epochs),
         *enc,
         *(extra or []),
     ]

@@ -29,35 +29,8 @@ ENTRY = ["-m", "sslvitals.integrations.espnet.ssl_train"]
 
 def _ssl_args(root: Path, output_dir: Path, config: Path, *, epochs: int = 2) -> list[str]:
     """Arguments of ``ssl_train`` for the tiny corpus; the model lives in ``config``."""
-    train, valid = root / "data" / "train", root / "data" / "valid"
-    return [
-        "--config", str(config),
-        "--use_preprocessor", "true",
-        "--token_type", "word",
-        "--token_list", str(root / "tokens.txt"),
-        "--train_data_path_and_name_and_type", f"{train / 'wav.scp'},speech,sound",
-        "--train_data_path_and_name_and_type", f"{train / 'text'},text,text",
-        "--valid_data_path_and_name_and_type", f"{valid / 'wav.scp'},speech,sound",
-        "--valid_data_path_and_name_and_type", f"{valid / 'text'},text,text",
-        "--train_shape_file", str(train / "speech_shape"),
-        "--train_shape_file", str(train / "text_shape"),
-        "--valid_shape_file", str(valid / "speech_shape"),
-        "--valid_shape_file", str(valid / "text_shape"),
-        "--output_dir", str(output_dir),
-        "--ngpu", "0",
-        "--num_workers", "0",
-        "--batch_type", "unsorted",
-        "--batch_size", "4",
-        "--max_epoch", str(epochs),
-        "--optim", "adam",
-        "--optim_conf", "lr=0.0005",
-        "--collate_fn_conf", "label_downsampling=1",
-        "--collate_fn_conf", "pad=false",
-        "--collate_fn_conf", "rand_crop=true",
-        "--num_att_plot", "0",
-        "--seed", "1",
-        "--resume", "false",
-    ]
+    return ["--config", str(config), *tinydata.data_args(root, output_dir, epochs=epochs),
+            "--num_att_plot", "0"]
 
 
 @pytest.mark.timeout(600)
