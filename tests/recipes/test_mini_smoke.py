@@ -142,3 +142,36 @@ def test_mini_smoke_end_to_end(tmp_path):
             "m = load_fairseq_checkpoint(sys.argv[1]); print('LOADED', m.kind, m.step)")
     r = subprocess.run([sys.executable, "-c", code, str(stock)], capture_output=True, text=True, timeout=300)
     assert f"LOADED hubert {mini.SMOKE.runs[0].updates}" in r.stdout, r.stderr[-2000:]
+
+    # another training seed in the same work directory (corpora and targets reused), then the
+    # seed-noise report over both seeds
+    res1 = tmp_path / "results_seed1"
+    proc3 = subprocess.run(cmd + ["--seed", "1", "--results", str(res1)], cwd=str(ROOT), capture_output=True,
+                           text=True, timeout=600)
+    assert proc3.returncode == 0, proc3.stdout[-3000:] + proc3.stderr[-3000:]
+    log3 = proc3.stderr + proc3.stdout
+    assert "[corpus] synthesising" not in log3 and log3.count("[pretrain] started") == len(runs)
+    assert json.loads((res1 / "run_info.json").read_text())["seed"] == 1
+    for r in mini.SMOKE.runs:
+        done1 = json.loads((work / "runs_seed1" / r.name / "done.json").read_text())
+        assert done1["seed"] == 1
+        assert "common.seed=1" in (work / "runs_seed1" / r.name / "command.txt").read_text()
+    noise = tmp_path / "noise"
+    seeds_script = ROOT / "recipes" / "paper" / "mini" / "seeds.py"
+    proc4 = subprocess.run([sys.executable, str(seeds_script), "--workdir", str(work), "--results", str(res), str(res1),
+                            "--out", str(noise), "--n-boot", "20"], cwd=str(ROOT), capture_output=True, text=True,
+                           timeout=300)
+    assert proc4.returncode == 0, proc4.stdout[-3000:] + proc4.stderr[-3000:]
+    by_seed = pd.read_csv(noise / "rho_by_seed.csv")
+    assert {"rho_seed0", "rho_seed1", "sd", "same_sign"} <= set(by_seed.columns)
+    assert set(by_seed["at"]) == {"early", "final"}
+    pooled = pd.read_csv(noise / "pooled_early.csv")
+    assert (pooled["n"] == 2 * len(runs)).all() and "spearman_q" in pooled.columns
+    means = pd.read_csv(noise / "means_early.csv")
+    assert (means["n"] == len(runs)).all()
+    down = pd.read_csv(noise / "downstream_by_seed.csv")
+    assert sorted(down["run"].unique()) == sorted(runs) and {"seed0", "seed1"} <= set(down.columns)
+    text = (noise / "noise.md").read_text()
+    assert "## Pooled" in text and "## Seed-averaged" in text
+    for fig in ("rho_seed_agreement.png", "rho_by_seed_last_layer.png"):
+        assert (noise / "figures" / fig).stat().st_size > 0, fig

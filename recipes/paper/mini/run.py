@@ -255,8 +255,13 @@ def make_targets(corpus: Path, labels_root: Path, k: int) -> Path:
 # Stage 2: pretraining
 
 
-def train_command(mode: Mode, cfg: RunConfig, corpus: Path, label_dir: Path, run_dir: Path) -> list[str]:
-    """The ``fairseq-hydra-train`` command of one configuration (list of arguments, no shell)."""
+def train_command(mode: Mode, cfg: RunConfig, corpus: Path, label_dir: Path, run_dir: Path,
+                  seed: int = SEED) -> list[str]:
+    """The ``fairseq-hydra-train`` command of one configuration (list of arguments, no shell).
+
+    ``seed`` is fairseq's ``common.seed`` (initialisation, masking, batch order); the corpora
+    and the k-means targets do not depend on it.
+    """
     from sslvitals import demo
 
     if cfg.updates % mode.early:
@@ -266,7 +271,7 @@ def train_command(mode: Mode, cfg: RunConfig, corpus: Path, label_dir: Path, run
     args = parser.parse_args([
         "--updates", str(cfg.updates), "--validations", str(cfg.updates // mode.early),
         "--layers", str(cfg.layers), "--dim", str(cfg.dim), "--conv-channels", str(mode.conv_channels),
-        "--max-tokens", str(mode.max_tokens), "--lr", str(cfg.lr), "--seed", str(SEED),
+        "--max-tokens", str(mode.max_tokens), "--lr", str(cfg.lr), "--seed", str(seed),
         "--vitals-k", str(mode.vitals_k), "--reservoir-size", str(mode.reservoir),
         "--silhouette-sample", str(mode.silhouette), "--metrics", "default",
     ])
@@ -309,7 +314,7 @@ def _last_update(log_path: Path) -> int:
 
 
 def pretrain_all(mode: Mode, runs: Sequence[RunConfig], corpus: Path, label_dirs: dict[int, Path],
-                 runs_root: Path, jobs: int, on_done) -> dict[str, float]:
+                 runs_root: Path, jobs: int, on_done, seed: int = SEED) -> dict[str, float]:
     """Train every configuration (skipping finished ones), ``jobs`` at a time.
 
     ``on_done(cfg, run_dir)`` is called in this process after each training finishes (and for
@@ -320,7 +325,8 @@ def pretrain_all(mode: Mode, runs: Sequence[RunConfig], corpus: Path, label_dirs
     for cfg in runs:
         run_dir = runs_root / cfg.name
         done = run_dir / "done.json"
-        if done.exists() and _read_json(done).get("config") == dataclasses.asdict(cfg):
+        if done.exists() and _read_json(done).get("config") == dataclasses.asdict(cfg) \
+                and _read_json(done).get("seed", SEED) == seed:
             logger.info("[pretrain] %s already finished; skipped", cfg.name)
             seconds[cfg.name] = float(_read_json(done).get("seconds", float("nan")))
             on_done(cfg, run_dir)
@@ -339,7 +345,7 @@ def pretrain_all(mode: Mode, runs: Sequence[RunConfig], corpus: Path, label_dirs
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # unfinished earlier attempt: restart it cleanly
             run_dir.mkdir(parents=True)
-            cmd = train_command(mode, cfg, corpus, label_dirs[cfg.targets_k], run_dir)
+            cmd = train_command(mode, cfg, corpus, label_dirs[cfg.targets_k], run_dir, seed)
             (run_dir / "command.txt").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n", encoding="utf-8")
             log = open(run_dir / "train.log", "w", encoding="utf-8")
             proc = subprocess.Popen(cmd, cwd=str(run_dir), env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -360,8 +366,8 @@ def pretrain_all(mode: Mode, runs: Sequence[RunConfig], corpus: Path, label_dirs
                 logger.error("[pretrain] %s FAILED (exit %s) after %.0f s:\n%s", job.cfg.name, rc, secs, "\n".join(tail))
                 failures.append(job.cfg.name)
                 continue
-            _write_json(job.run_dir / "done.json", {"config": dataclasses.asdict(job.cfg), "seconds": secs,
-                                                    "finished": _now()})
+            _write_json(job.run_dir / "done.json", {"config": dataclasses.asdict(job.cfg), "seed": seed,
+                                                    "seconds": secs, "finished": _now()})
             seconds[job.cfg.name] = secs
             logger.info("[pretrain] %s finished in %.0f s", job.cfg.name, secs)
             on_done(job.cfg, job.run_dir)
@@ -654,7 +660,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (each single-threaded)")
     p.add_argument("--runs", default=None, help="comma-separated subset of the run names")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the correlations")
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=SEED,
+                   help=f"training seed of every run (default {SEED}); the corpora and targets stay the same. "
+                        f"Runs of another seed go to WORKDIR/runs_seed<N>, so seeds share one work directory")
+    args = p.parse_args(argv)
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -700,7 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_down[0] += time.perf_counter() - t
 
     t0 = time.perf_counter()
-    train_secs = pretrain_all(mode, runs, pre, label_dirs, work / "runs", max(1, args.jobs), on_done)
+    runs_root = work / "runs" if args.seed == SEED else work / f"runs_seed{args.seed}"
+    train_secs = pretrain_all(mode, runs, pre, label_dirs, runs_root, max(1, args.jobs), on_done, args.seed)
     timings["pretrain_and_downstream_wall"] = time.perf_counter() - t0
     timings["downstream_total"] = t_down[0]
     failed = [c.name for c in runs if c.name not in down]
@@ -711,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained_now = int(train_secs.pop("_trained_now", 0))
     baseline = mfcc_baseline(dn, work / "downstream_mfcc.json")
     t0 = time.perf_counter()
-    jsonls = [str(work / "runs" / c.name / "checkpoints" / "vitals.jsonl") for c in runs]
+    jsonls = [str(runs_root / c.name / "checkpoints" / "vitals.jsonl") for c in runs]
     ds_csv = results / "downstream.csv"
     write_downstream_table(runs, down, ds_csv)
     _write_json(results / "downstream_per_layer.json", {c.name: down[c.name] for c in runs})
@@ -724,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _run_cli(_sslvitals_cmd() + ["plot", *jsonls, "--downstream", str(ds_csv), "--step", str(mode.early),
                                  "--metrics", "inertia,davies_bouldin,rankme_t,effective_rank,pnmi,cca_phone",
                                  "--out", str(figs / "mini"), "--kinds", "updates,scatter"], clog)
-    summary = summarise(mode, runs, work / "runs", down, results, baseline)
+    summary = summarise(mode, runs, runs_root, down, results, baseline)
     timings["correlate_plot_summary"] = time.perf_counter() - t0
     timings["total_wall"] = time.perf_counter() - t_all
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "recipes/paper/mini/run.py",
@@ -732,14 +745,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = {"mode": mode.name, "command": command, "started": started, "finished": _now(),
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "train_seconds_per_run": {k: round(v, 1) for k, v in train_secs.items()},
-            "failed_runs": failed, "machine": machine(), "early_step": mode.early, "sizes": dataclasses.asdict(mode) | {"runs": None},
+            "failed_runs": failed, "seed": args.seed, "machine": machine(), "early_step": mode.early, "sizes": dataclasses.asdict(mode) | {"runs": None},
             "runs": [dataclasses.asdict(r) for r in runs]}
     info["mfcc_reference"] = baseline
     previous = results / "run_info.json"
     if trained_now == 0 and previous.exists():
         # nothing was trained in this invocation: keep the timing of the run that did the work
         old_info = _read_json(previous)
-        if old_info.get("mode") == mode.name and old_info.get("seconds", {}).get("total_wall", 0) > timings["total_wall"]:
+        if old_info.get("mode") == mode.name and old_info.get("seed", SEED) == args.seed \
+                and old_info.get("seconds", {}).get("total_wall", 0) > timings["total_wall"]:
             for key in ("command", "started", "finished", "seconds", "train_seconds_per_run"):
                 info[key] = old_info[key]
             info["regenerated"] = {"command": command, "at": _now(), "seconds": round(timings["total_wall"], 1)}
@@ -751,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"wall time {timings['total_wall'] / 60:.1f} min\n"
             f"- machine: {info['machine']['cpu_count']} CPU cores, no GPU, Python {info['machine']['python']}, "
             f"torch {info['machine']['torch']}; each training single-threaded, {args.jobs} at once\n"
-            f"- early step: update {mode.early}; downstream: linear phone classifier on frozen final "
+            f"- training seed {args.seed}; early step: update {mode.early}; downstream: linear phone classifier on frozen final "
             "features, frame accuracy on held-out speakers without silence frames\n"
             + (f"- tables regenerated from the finished runs at {info['regenerated']['at']} "
                f"(`{info['regenerated']['command']}`, {info['regenerated']['seconds']:.0f} s, nothing retrained)\n"
