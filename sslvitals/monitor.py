@@ -260,9 +260,10 @@ class VitalsMonitor:
         st = states.get(layer)
         if st is None:
             st = states[layer] = LayerState(dim, self.cfg, self.metrics, device)
-        x = torch.cat([u for _, u in keep]).to(device=device, dtype=torch.float32)
+        x_native = torch.cat([u for _, u in keep]).to(device=device)
         if st.gram is not None:
-            st.gram.update(x)
+            st.gram.update(x_native)  # in the model's dtype: fp16/bf16 set the rank threshold
+        x = x_native.to(dtype=torch.float32)
         if st.utt_gram is not None:
             st.utt_gram.update(torch.stack([u.to(device=device, dtype=torch.float64).sum(0) for _, u in keep]))
         st.frames += x.shape[0]

@@ -29,7 +29,7 @@ from sslvitals import distributed as dist
 from sslvitals._validation import ArrayLike, as_labels, as_tensor_2d, degenerate
 from sslvitals.errors import SSLVitalsError
 from sslvitals.metrics.labels import pnmi_from_counts, purities_from_counts
-from sslvitals.metrics.rank import rank_measures_from_gram, singular_values_from_gram
+from sslvitals.metrics.rank import data_eps_of, rank_measures_from_gram, singular_values_from_gram
 
 __all__ = [
     "GramAccumulator",
@@ -176,12 +176,22 @@ class GramAccumulator(_SyncGuard):
         self._gram = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
         self._sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         self._count = 0
+        self._data_eps = data_eps_of(None)
         self._synced = False
 
     @property
     def count(self) -> int:
         """Number of rows accumulated."""
         return self._count
+
+    @property
+    def data_eps(self) -> float:
+        """Machine epsilon of the coarsest dtype fed so far (float32's for float32/float64 rows).
+
+        :meth:`compute` uses it as the "numerically zero" threshold of alpha-ReQ and the
+        numerical rank, so float16/bfloat16 activations are judged by their own precision.
+        """
+        return self._data_eps
 
     @property
     def gram(self) -> torch.Tensor:
@@ -212,6 +222,7 @@ class GramAccumulator(_SyncGuard):
             )
         if t.shape[0] == 0:
             return
+        self._data_eps = max(self._data_eps, data_eps_of(t.dtype))
         t = t.to(device=self.device, dtype=torch.float64)
         self._gram.addmm_(t.T, t)
         self._sum += t.sum(dim=0)
@@ -229,6 +240,7 @@ class GramAccumulator(_SyncGuard):
         self._gram += other._gram.to(self.device)
         self._sum += other._sum.to(self.device)
         self._count += other._count
+        self._data_eps = max(self._data_eps, other._data_eps)
 
     def sync(self, group: Any = None) -> None:
         """Sum the statistics of all ranks (one all-reduce); no-op when not distributed.
@@ -248,6 +260,7 @@ class GramAccumulator(_SyncGuard):
             self._gram = flat[: d * d].reshape(d, d).clone()
             self._sum = flat[d * d: d * d + d].clone()
             self._count = int(round(float(flat[-1])))
+            self._data_eps = max(float(e) for e in dist.all_gather_object(self._data_eps, group))
         self._synced = True
 
     def spectrum(self, center: bool) -> torch.Tensor:
@@ -266,11 +279,13 @@ class GramAccumulator(_SyncGuard):
         Args:
             measures: Names from :data:`sslvitals.metrics.rank.RANK_MEASURES`; None = all.
             **options: Passed to :func:`sslvitals.metrics.rank.rank_measures_from_gram`
-                (``eps``, ``center``, ``spectrum``, ``fit_range``, ``tol``).
+                (``eps``, ``center``, ``spectrum``, ``fit_range``, ``tol``, ``data_eps``;
+                ``data_eps`` defaults to :attr:`data_eps`).
 
         Returns:
             ``{measure: float}``; NaN entries (one warning) when undefined.
         """
+        options.setdefault("data_eps", self._data_eps)
         return rank_measures_from_gram(self._gram, self._sum, self._count, measures=measures,
                                        **options)
 
@@ -278,7 +293,7 @@ class GramAccumulator(_SyncGuard):
         """Serializable copy of the state."""
         return {"dim": self.dim, "gram": self._gram.cpu().clone(),
                 "col_sum": self._sum.cpu().clone(), "count": self._count,
-                "synced": self._synced}
+                "data_eps": self._data_eps, "synced": self._synced}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`."""
@@ -288,6 +303,7 @@ class GramAccumulator(_SyncGuard):
         self._gram = state["gram"].to(device=self.device, dtype=torch.float64).clone()
         self._sum = state["col_sum"].to(device=self.device, dtype=torch.float64).clone()
         self._count = int(state["count"])
+        self._data_eps = float(state.get("data_eps", data_eps_of(None)))
         self._synced = bool(state.get("synced", False))
 
 

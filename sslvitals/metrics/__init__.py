@@ -55,6 +55,7 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
         "numerical_rank",
         "singular_values_from_gram",
         "rank_measures_from_gram",
+        "data_eps_of",
     ),
 }
 
@@ -93,6 +94,7 @@ __all__ = [
     "numerical_rank",
     "singular_values_from_gram",
     "rank_measures_from_gram",
+    "data_eps_of",
 ]
 
 _WHERE = {name: family for family, names in _FAMILIES.items() for name in names}
@@ -122,6 +124,7 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from sslvitals.metrics.rank import (
         RANK_MEASURES,
         alpha_req,
+        data_eps_of,
         effective_rank,
         nesum,
         numerical_rank,

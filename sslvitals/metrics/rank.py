@@ -51,6 +51,7 @@ __all__ = [
     "numerical_rank",
     "singular_values_from_gram",
     "rank_measures_from_gram",
+    "data_eps_of",
 ]
 
 #: Measures that :func:`rank_measures_from_gram` can compute (``rankme_t`` is ``rankme`` of the
@@ -66,6 +67,62 @@ RANK_MEASURES: tuple[str, ...] = (
 
 _EPS32 = float(np.finfo(np.float32).eps)
 _EPS64 = float(np.finfo(np.float64).eps)
+
+
+def data_eps_of(dtype: torch.dtype | np.dtype | None) -> float:
+    """Machine epsilon that sets the "numerically zero" threshold for data of ``dtype``.
+
+    Embeddings are treated as at most float32-precise (float64 data gets the float32 epsilon
+    too, since activations are float32 at best); float16 and bfloat16 activations get their
+    own, larger epsilon, because their rounding lifts eigenvalues that are zero in float32.
+
+    Args:
+        dtype: A torch or numpy floating dtype, or None (float32).
+
+    Returns:
+        ``max(eps(dtype), eps(float32))``.
+    """
+    if dtype is None:
+        return _EPS32
+    if isinstance(dtype, torch.dtype):
+        eps = float(torch.finfo(dtype).eps) if dtype.is_floating_point else _EPS32
+    else:
+        dt = np.dtype(dtype)
+        eps = float(np.finfo(dt).eps) if np.issubdtype(dt, np.floating) else _EPS32
+    return max(eps, _EPS32)
+
+
+def _check_data_eps(data_eps: float | None) -> float:
+    if data_eps is None:
+        return _EPS32
+    v = float(data_eps)
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+        raise SSLVitalsError(
+            f"data_eps must be a machine epsilon in (0, 1), got {data_eps!r}; use "
+            "sslvitals.metrics.rank.data_eps_of(dtype) for the dtype the embeddings were stored in"
+        )
+    return max(v, _EPS32)
+
+
+def _zero_tol(s_ref: float, n: int, d: int, data_eps: float, rms: float) -> float:
+    """Singular values at or below this are treated as zero.
+
+    ``s_ref * max(N, D) * eps32`` (rounding of float32 data and of the solver); for coarser
+    data (``data_eps`` above float32's) also the largest singular value expected of the
+    rounding errors alone: an ``(N, D)`` matrix of entries about ``data_eps * rms(x)`` has
+    singular values up to about ``data_eps * rms(x) * (sqrt(N) + sqrt(D))``.
+    """
+    tol = s_ref * max(n, d) * _EPS32
+    if data_eps > _EPS32:
+        tol = max(tol, data_eps * rms * (math.sqrt(n) + math.sqrt(d)))
+    return tol
+
+
+def _rms(t: torch.Tensor, data_eps: float) -> float:
+    """Root mean square entry of ``t`` (only needed, and only computed, for coarse data)."""
+    if data_eps <= _EPS32 or t.numel() == 0:
+        return 0.0
+    return float(t.to(torch.float64).pow(2).mean().sqrt())
 _SPECTRA = ("singular", "variance")
 
 
@@ -160,9 +217,10 @@ def _stable_rank_s(s: torch.Tensor) -> float:
     return float((s * s).sum() / (s[0] * s[0]))
 
 
-def _numerical_rank_s(s: torch.Tensor, n: int, d: int, tol: float | None) -> float:
+def _numerical_rank_s(s: torch.Tensor, n: int, d: int, tol: float | None,
+                      data_eps: float = _EPS32, rms: float = 0.0) -> float:
     if tol is None:
-        tol = float(s[0]) * max(n, d) * _EPS32
+        tol = _zero_tol(float(s[0]), n, d, data_eps, rms)
     return float(int((s > tol).sum()))
 
 
@@ -171,9 +229,10 @@ def _nesum_s(c: torch.Tensor) -> float:
 
 
 def _alpha_fit_indices(c: torch.Tensor, n: int, d: int,
-                       fit_range: tuple[int, int | None] | None) -> tuple[int, int]:
+                       fit_range: tuple[int, int | None] | None,
+                       data_eps: float = _EPS32, rms: float = 0.0) -> tuple[int, int]:
     """1-based inclusive index range of covariance eigenvalues used by the alpha-ReQ fit."""
-    usable = int((c > float(c[0]) * max(n, d) * _EPS32).sum())
+    usable = int((c > _zero_tol(float(c[0]), n, d, data_eps, rms)).sum())
     usable = min(usable, n - 1, d)
     first, last = 1, usable
     if fit_range is not None:
@@ -184,8 +243,9 @@ def _alpha_fit_indices(c: torch.Tensor, n: int, d: int,
 
 
 def _alpha_req_s(c: torch.Tensor, n: int, d: int,
-                 fit_range: tuple[int, int | None] | None) -> float:
-    first, last = _alpha_fit_indices(c, n, d, fit_range)
+                 fit_range: tuple[int, int | None] | None, data_eps: float = _EPS32,
+                 rms: float = 0.0) -> float:
+    first, last = _alpha_fit_indices(c, n, d, fit_range, data_eps, rms)
     lam = (c[first - 1:last] ** 2) / (n - 1)
     j = torch.arange(first, last + 1, dtype=torch.float64, device=c.device)
     lx, ly = j.log(), lam.log()
@@ -365,7 +425,8 @@ def rankme_t(utterances: Sequence[ArrayLike], eps: float = 1e-7) -> float:
     return _rankme_s(s, eps)
 
 
-def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None) -> float:
+def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None,
+              data_eps: float | None = None) -> float:
     """alpha-ReQ (Agrawal et al., NeurIPS 2022): power-law decay of the covariance spectrum.
 
     The covariance eigenvalues ``lambda_1 >= lambda_2 >= ...`` (of the centered data, divided
@@ -374,13 +435,19 @@ def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None) 
 
     Default fit range: ``j = 1 .. K`` where ``K`` counts the eigenvalues that are not
     numerically zero, i.e. whose centered singular value exceeds
-    ``c_1 * max(N, D) * eps_float32`` (the :func:`numerical_rank` tolerance), and
-    ``K <= min(N - 1, D)`` (centering removes one dimension).
+    ``c_1 * max(N, D) * eps_float32`` (the :func:`numerical_rank` tolerance; for float16 or
+    bfloat16 data also the rounding-noise level ``data_eps * rms(x) * (sqrt(N) + sqrt(D))``),
+    and ``K <= min(N - 1, D)`` (centering removes one dimension). Without that cut a direction that is exactly zero in
+    the model (e.g. the one LayerNorm removes) would enter the fit at whatever level rounding
+    left it, and alpha would depend on the precision the activations were stored in.
 
     Args:
         x: Embeddings ``(N, D)``.
         fit_range: Optional ``(first, last)`` 1-based inclusive indices of the eigenvalues to
             fit; ``last=None`` means ``K``; ``last`` is capped at ``K``.
+        data_eps: Machine epsilon of the precision the embeddings were produced in (see
+            :func:`data_eps_of`); None = from ``x``'s dtype (float16/bfloat16 tensors or
+            arrays) or float32.
 
     Returns:
         ``alpha`` as a Python float; NaN with one RuntimeWarning for empty/single-row/constant
@@ -394,15 +461,17 @@ def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None) 
     """
     _check_fit_range(fit_range)
     t, n, d = _prepare(x)
+    deps = data_eps_of(t.dtype) if data_eps is None else _check_data_eps(data_eps)
+    rms = _rms(t, deps)
     c, reason = _checked_spectrum(t, center=True)
     if reason is None:
-        first, last = _alpha_fit_indices(c, n, d, fit_range)
+        first, last = _alpha_fit_indices(c, n, d, fit_range, deps, rms)
         if last - first + 1 < 2:
             reason = (f"fewer than 2 non-negligible covariance eigenvalues in the fit range "
                       f"[{first}, {last}]")
     if reason is not None:
         return degenerate("alpha_req", reason)
-    return _alpha_req_s(c, n, d, fit_range)
+    return _alpha_req_s(c, n, d, fit_range, deps, rms)
 
 
 def stable_rank(x: ArrayLike) -> float:
@@ -449,7 +518,7 @@ def nesum(x: ArrayLike) -> float:
     return _nesum_s(c)
 
 
-def numerical_rank(x: ArrayLike, tol: float | None = None) -> float:
+def numerical_rank(x: ArrayLike, tol: float | None = None, *, data_eps: float | None = None) -> float:
     """Numerical rank: the number of singular values of the uncentered ``x`` above ``tol``.
 
     Args:
@@ -457,6 +526,10 @@ def numerical_rank(x: ArrayLike, tol: float | None = None) -> float:
         tol: Absolute threshold on singular values. Default ``s_max * max(N, D) * eps``
             with ``eps`` the float32 machine epsilon (1.19e-7): embeddings are float32, so
             singular values below that are rounding noise of the stored activations.
+        data_eps: Machine epsilon of the precision ``x`` was produced in (see
+            :func:`data_eps_of`); None = from ``x``'s dtype or float32. For float16/bfloat16
+            the default ``tol`` is at least ``data_eps * rms(x) * (sqrt(N) + sqrt(D))``, the
+            size of the rounding errors' own singular values.
 
     Returns:
         The rank as a Python float (an integer value); NaN with one RuntimeWarning for
@@ -467,10 +540,11 @@ def numerical_rank(x: ArrayLike, tol: float | None = None) -> float:
         1.0
     """
     t, n, d = _prepare(x)
+    deps = data_eps_of(t.dtype) if data_eps is None else _check_data_eps(data_eps)
     s, reason = _checked_spectrum(t, center=False)
     if reason is not None:
         return degenerate("numerical_rank", reason)
-    return _numerical_rank_s(s, n, d, tol)
+    return _numerical_rank_s(s, n, d, tol, deps, _rms(t, deps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,6 +586,7 @@ def rank_measures_from_gram(
     spectrum: str = "singular",
     fit_range: tuple[int, int | None] | None = None,
     tol: float | None = None,
+    data_eps: float | None = None,
 ) -> dict[str, float]:
     """Rank measures of ``N`` rows known only through ``G = X^T X``, ``X^T 1`` and ``N``.
 
@@ -530,6 +605,10 @@ def rank_measures_from_gram(
         spectrum: ``spectrum`` of :func:`effective_rank`.
         fit_range: ``fit_range`` of :func:`alpha_req`.
         tol: ``tol`` of :func:`numerical_rank`.
+        data_eps: Machine epsilon of the precision the rows were produced in (see
+            :func:`data_eps_of`; None = float32): for float16/bfloat16 rows, singular values
+            below the rounding errors' own (``data_eps * rms * (sqrt(N) + sqrt(D))``, ``rms``
+            from the Gram trace) are zero for alpha-ReQ's fit range and the numerical rank.
 
     Returns:
         ``{measure: value}`` in the order of ``measures``. Undefined measures (fewer than two
@@ -542,6 +621,7 @@ def rank_measures_from_gram(
     names = _resolve_measures(measures)
     _check_spectrum(spectrum)
     _check_fit_range(fit_range)
+    deps = _check_data_eps(data_eps)
     g = torch.as_tensor(gram)
     col = torch.as_tensor(col_sum)
     if (g.numel() and not bool(torch.isfinite(g).all())) or \
@@ -558,6 +638,8 @@ def rank_measures_from_gram(
                  for m in names)
     s_u = singular_values_from_gram(g, col_sum, n, center=False) if need_u else None
     s_c = singular_values_from_gram(g, col_sum, n, center=True) if need_c else None
+    rms = (math.sqrt(max(float(torch.diagonal(g).sum()), 0.0) / (n * d))
+           if deps > _EPS32 and n > 0 and d > 0 else 0.0)
 
     out: dict[str, float] = {}
     problems: list[str] = []
@@ -566,7 +648,7 @@ def rank_measures_from_gram(
         s = s_c if centered else s_u
         reason = _degenerate_reason(n, d, s, centered)
         if reason is None and m == "alpha_req":
-            first, last = _alpha_fit_indices(s, n, d, fit_range)
+            first, last = _alpha_fit_indices(s, n, d, fit_range, deps, rms)
             if last - first + 1 < 2:
                 reason = (f"fewer than 2 non-negligible covariance eigenvalues in the fit range "
                           f"[{first}, {last}]")
@@ -579,13 +661,13 @@ def rank_measures_from_gram(
         elif m == "effective_rank":
             out[m] = _effective_rank_s(s, spectrum)
         elif m == "alpha_req":
-            out[m] = _alpha_req_s(s, n, d, fit_range)
+            out[m] = _alpha_req_s(s, n, d, fit_range, deps, rms)
         elif m == "stable_rank":
             out[m] = _stable_rank_s(s)
         elif m == "nesum":
             out[m] = _nesum_s(s)
         else:
-            out[m] = _numerical_rank_s(s, n, d, tol)
+            out[m] = _numerical_rank_s(s, n, d, tol, deps, rms)
     if problems:
         degenerate("rank measures from the Gram matrix", "; ".join(problems))
     return out

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sslvitals.errors import SSLVitalsError
+from sslvitals import streaming as S
 from sslvitals.metrics import rank as R
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -303,3 +304,66 @@ def test_metrics_package_reexports_every_family():
     assert set(dir(M)) >= set(M.__all__)
     with pytest.raises(AttributeError):
         M.no_such_metric  # noqa: B018
+
+
+# ---------------------------------------------------------------------- reduced precision
+def _layernormed(n: int = 700, d: int = 64, seed: int = 0) -> torch.Tensor:
+    """Rows with a decaying spectrum, then centred over features as LayerNorm does: the
+    all-ones direction is exactly zero (rank d - 1)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.arange(1, d + 1, dtype=torch.float64) ** -0.7
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    x = z @ q
+    x = x - x.mean(dim=1, keepdim=True)
+    return (x / x.std(dim=1, keepdim=True)).float()
+
+
+def test_data_eps_of_dtypes_and_validation():
+    
+    eps32 = float(np.finfo(np.float32).eps)
+    assert R.data_eps_of(None) == R.data_eps_of(torch.float32) == R.data_eps_of(torch.float64) == eps32
+    assert R.data_eps_of(np.float64) == eps32
+    assert R.data_eps_of(torch.bfloat16) == 2.0 ** -7
+    assert R.data_eps_of(torch.float16) == R.data_eps_of(np.float16) == 2.0 ** -10
+    with pytest.raises(SSLVitalsError, match="data_eps"):
+        R.alpha_req(_layernormed(), data_eps=0.0)
+    with pytest.raises(SSLVitalsError, match="data_eps"):
+        R.numerical_rank(_layernormed(), data_eps=float("nan"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rounding_does_not_turn_a_zero_direction_into_signal(dtype):
+    
+    x = _layernormed()
+    low = x.to(dtype)
+    d = x.shape[1]
+    # float64 reference: the all-ones direction is zero, the others are not
+    assert np.linalg.matrix_rank(x.double().numpy(), tol=1e-6 * np.linalg.norm(x.double().numpy(), 2)) == d - 1
+    assert R.numerical_rank(x) == d - 1
+    assert R.numerical_rank(low) == d - 1  # precision read from the dtype
+    assert R.numerical_rank(low.float(), data_eps=R.data_eps_of(dtype)) == d - 1
+    ref = R.alpha_req(x)
+    assert R.alpha_req(low) == pytest.approx(ref, rel=0.01)
+    if dtype is torch.bfloat16:
+        # judged by float32's threshold, the rounded zero direction counts (here bf16 lifts it
+        # to 4e-2 of a top singular value of 114; fp16's 5e-3 stays under float32's 9.5e-3):
+        # the reason for data_eps
+        assert R.numerical_rank(low.float()) == d
+        assert abs(R.alpha_req(low.float()) - ref) > 0.02 * ref
+    # the Gram route agrees: the accumulator remembers the dtype it was fed
+    acc = S.GramAccumulator(d)
+    acc.update(low[:300])
+    acc.update(low[300:])
+    assert acc.data_eps == R.data_eps_of(dtype)
+    got = acc.compute(["alpha_req", "numerical_rank"])
+    assert got["numerical_rank"] == d - 1
+    assert got["alpha_req"] == pytest.approx(R.alpha_req(low), rel=1e-6)
+    # state_dict keeps it; merging with float32 rows keeps the coarser precision
+    other = S.GramAccumulator(d)
+    other.load_state_dict(acc.state_dict())
+    assert other.data_eps == acc.data_eps
+    f32 = S.GramAccumulator(d)
+    f32.update(x[:10])
+    assert f32.data_eps == R.data_eps_of(torch.float32)
+    f32.merge(acc)
+    assert f32.data_eps == R.data_eps_of(dtype)

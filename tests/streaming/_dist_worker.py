@@ -142,6 +142,13 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for acc in lonely.values():
             acc.sync()
         out["lonely"] = results(lonely)
+        # one rank fed bfloat16 activations: after sync every rank judges "numerically zero"
+        # by bfloat16's precision
+        mixed = GramAccumulator(DIM)
+        frames = torch.from_numpy(np.concatenate([data[0][i] for i in mine]))
+        mixed.update(frames.to(torch.bfloat16) if rank == 1 else frames)
+        mixed.sync()
+        out["mixed_data_eps"] = mixed.data_eps
         with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as fh:
             pickle.dump(out, fh)
     finally:

@@ -77,4 +77,5 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path):
         np.testing.assert_array_equal(lonely["counts"], lonely_ref["counts"])
         for name, value in lonely_ref["gram_measures"].items():
             assert _rel(lonely["gram_measures"][name], value) < 1e-9, name
+        assert out["mixed_data_eps"] == float(torch.finfo(torch.bfloat16).eps)
     assert elapsed < 60, f"2-process run took {elapsed:.1f}s"

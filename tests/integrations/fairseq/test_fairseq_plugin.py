@@ -349,3 +349,46 @@ def test_schedule_logging_and_best_metric_checks(corpus: Path, tmp_path: Path) -
     with pytest.raises(SSLVitalsError, match="needs phone labels"):
         build("vitals/pnmi/L2", probe=str(unlabelled))
     build("loss")  # fairseq's own metrics are not ours to check
+
+
+# ---------------------------------------------------------------------- low precision
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_model_is_measured_like_its_float32_original(corpus: Path, tmp_path: Path,
+                                                                   dtype: torch.dtype) -> None:
+    """A model cast to reduced precision (fairseq's ``common.fp16``) is measured in its own
+    dtype: the forward casts the probe to it, the metrics upcast the captured layers, and the
+    numbers stay close to those of the same weights in float32.
+
+    The post-LayerNorm layers of this model have one exactly-zero covariance direction. Rounding
+    to bf16 lifts it to about 1e-5; judged by float32's threshold it entered alpha-ReQ's fit
+    (+7-8 %, +11 % in fp16) and the numerical rank (64 instead of 63). The Gram accumulator
+    now records the dtype it was fed and uses that precision's rounding level."""
+    from dist_worker import build_tiny_hubert
+
+    from sslvitals.integrations.fairseq.runner import FairseqVitals
+
+    spectrum = ("rankme", "effective_rank", "rankme_t", "nesum", "stable_rank", "alpha_req")
+    cfg = VitalsConfig(enabled=True, k=8, kmeans_iters=10, reservoir_size=4000, silhouette_sample=0,
+                       batch_seconds=5.0, strict=True,
+                       metrics=",".join(spectrum + ("numerical_rank", "inertia", "pnmi", "phone_purity")))
+    results = {}
+    for dt in (torch.float32, dtype):
+        model = build_tiny_hubert().to(dt)
+        vitals = FairseqVitals(cfg, data=str(corpus), save_dir=str(tmp_path / str(dt)))
+        vitals.check_model(model)
+        results[dt] = vitals.on_begin_validation(model, step=1, epoch=1)
+        assert all(p.dtype == dt for p in model.parameters()), "measuring must not change the model's dtype"
+    ref, low = results[torch.float32], results[dtype]
+    keys = [k for k in ref if k != TIME_KEY]
+    assert len(keys) == 10 * 3
+    for key in keys:
+        assert math.isfinite(low[key]), key
+        metric = key.split("/")[1]
+        if metric in spectrum:
+            assert math.isclose(low[key], ref[key], rel_tol=0.01), (key, low[key], ref[key])
+        elif metric == "numerical_rank":
+            assert low[key] == ref[key] == 63.0, (key, low[key], ref[key])  # 64 dims, one removed by LayerNorm
+        elif metric == "inertia":
+            assert math.isclose(low[key], ref[key], rel_tol=0.05), (key, low[key], ref[key])
+        else:  # label scores of a k-means on slightly different frames
+            assert abs(low[key] - ref[key]) < 0.06, (key, low[key], ref[key])
