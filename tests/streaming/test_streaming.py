@@ -49,20 +49,7 @@ def one_warning(fn, *args):
     return value
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded BLAS/torch: on a shared 2-core machine oversubscribed BLAS threads
-    make small SVDs 100x slower; these matrices are small enough for one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        yield
-    else:
-        with threadpool_limits(limits=1):
-            yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_blas")
 
 
 # ---------------------------------------------------------------------------- Gram

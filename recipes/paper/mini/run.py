@@ -188,6 +188,11 @@ def _sslvitals_cmd() -> list[str]:
     return [sys.executable, "-m", "sslvitals.cli"]
 
 
+def runs_root(work: Path, seed: int) -> Path:
+    """Where the trainings of one seed live: ``WORK/runs`` (default seed) or ``WORK/runs_seed<N>``."""
+    return work / "runs" if seed == SEED else work / f"runs_seed{seed}"
+
+
 def _run_cli(cmd: list[str], log_path: Path) -> None:
     """Run an sslvitals CLI step, log to ``log_path``; raise with the tail on failure."""
     logger.info("$ %s", " ".join(shlex.quote(c) for c in cmd))
@@ -324,11 +329,10 @@ def pretrain_all(mode: Mode, runs: Sequence[RunConfig], corpus: Path, label_dirs
     seconds: dict[str, float] = {}
     for cfg in runs:
         run_dir = runs_root / cfg.name
-        done = run_dir / "done.json"
-        if done.exists() and _read_json(done).get("config") == dataclasses.asdict(cfg) \
-                and _read_json(done).get("seed", SEED) == seed:
+        done = _read_json(run_dir / "done.json") if (run_dir / "done.json").exists() else {}
+        if done.get("config") == dataclasses.asdict(cfg) and done.get("seed", SEED) == seed:
             logger.info("[pretrain] %s already finished; skipped", cfg.name)
-            seconds[cfg.name] = float(_read_json(done).get("seconds", float("nan")))
+            seconds[cfg.name] = float(done.get("seconds", float("nan")))
             on_done(cfg, run_dir)
             continue
         pending.append(cfg)
@@ -712,8 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_down[0] += time.perf_counter() - t
 
     t0 = time.perf_counter()
-    runs_root = work / "runs" if args.seed == SEED else work / f"runs_seed{args.seed}"
-    train_secs = pretrain_all(mode, runs, pre, label_dirs, runs_root, max(1, args.jobs), on_done, args.seed)
+    seed_root = runs_root(work, args.seed)
+    train_secs = pretrain_all(mode, runs, pre, label_dirs, seed_root, max(1, args.jobs), on_done, args.seed)
     timings["pretrain_and_downstream_wall"] = time.perf_counter() - t0
     timings["downstream_total"] = t_down[0]
     failed = [c.name for c in runs if c.name not in down]
@@ -724,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained_now = int(train_secs.pop("_trained_now", 0))
     baseline = mfcc_baseline(dn, work / "downstream_mfcc.json")
     t0 = time.perf_counter()
-    jsonls = [str(runs_root / c.name / "checkpoints" / "vitals.jsonl") for c in runs]
+    jsonls = [str(seed_root / c.name / "checkpoints" / "vitals.jsonl") for c in runs]
     ds_csv = results / "downstream.csv"
     write_downstream_table(runs, down, ds_csv)
     _write_json(results / "downstream_per_layer.json", {c.name: down[c.name] for c in runs})
@@ -737,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _run_cli(_sslvitals_cmd() + ["plot", *jsonls, "--downstream", str(ds_csv), "--step", str(mode.early),
                                  "--metrics", "inertia,davies_bouldin,rankme_t,effective_rank,pnmi,cca_phone",
                                  "--out", str(figs / "mini"), "--kinds", "updates,scatter"], clog)
-    summary = summarise(mode, runs, runs_root, down, results, baseline)
+    summary = summarise(mode, runs, seed_root, down, results, baseline)
     timings["correlate_plot_summary"] = time.perf_counter() - t0
     timings["total_wall"] = time.perf_counter() - t_all
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "recipes/paper/mini/run.py",

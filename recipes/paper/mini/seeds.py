@@ -43,25 +43,34 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 logger = logging.getLogger("mini.seeds")
 
-DEFAULT_SEED = 0
+
+def _run_module():
+    """``run.py`` beside this file (its seed default and run-folder naming), loaded by path."""
+    import importlib.util
+
+    name = "paper_mini_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "run.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def _seed_of(results: Path) -> int:
     info = results / "run_info.json"
     if not info.exists():
         raise SystemExit(f"{results} has no run_info.json: give folders written by run.py --results")
-    return int(json.loads(info.read_text(encoding="utf-8")).get("seed", DEFAULT_SEED))
+    return int(json.loads(info.read_text(encoding="utf-8")).get("seed", _run_module().SEED))
 
 
 def _early_step(results: Path) -> int:
     return int(json.loads((results / "run_info.json").read_text(encoding="utf-8"))["early_step"])
-
-
-def _runs_root(workdir: Path, seed: int) -> Path:
-    return workdir / "runs" if seed == DEFAULT_SEED else workdir / f"runs_seed{seed}"
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
@@ -133,8 +142,6 @@ def downstream_agreement(down: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     pairs = []
     for task, g in wide.groupby("task", sort=True):
         for a, b in itertools.combinations(cols, 2):
-            from scipy import stats
-
             pairs.append({"task": task, "seeds": f"{a} vs {b}",
                           "spearman": float(stats.spearmanr(g[a], g[b]).statistic)})
     return wide, pd.DataFrame(pairs)
@@ -167,7 +174,7 @@ def run_frames(workdir: Path, seeds: Sequence[int], runs: Sequence[str], early: 
     frames = []
     for seed in seeds:
         for run in runs:
-            path = _runs_root(workdir, seed) / run / "checkpoints" / "vitals.jsonl"
+            path = _run_module().runs_root(workdir, seed) / run / "checkpoints" / "vitals.jsonl"
             if not path.exists():
                 raise SystemExit(f"{path} is missing: is --workdir the folder run.py trained in?")
             recs = [dict(r, run=f"{run}@s{seed}") for r in read_records([str(path)])]
@@ -239,8 +246,6 @@ def within_config(values: pd.DataFrame, down: pd.DataFrame, step: int, *, n_perm
     Returns:
         Frame ``task, metric, layer, n, configs, rho_within, p, q, configs_same_sign``.
     """
-    from scipy import stats
-
     v = values[values["step"] == step].copy()
     v["config"] = v["run"].str.rsplit("@s", n=1).str[0]
     loss = v.drop_duplicates("run")[["run", "config", "loss"]].rename(columns={"loss": "value"})
