@@ -27,6 +27,39 @@ data (a collapsed layer stored in float32) the unresolved tail can move the entr
 rank are unaffected. Centering by ``G - s s^T / N`` additionally loses
 ``log10(||mean||^2 / lambda)`` digits for a direction of variance ``lambda``; float64 leaves
 ample room for speech features.
+
+Numerically zero (used by :func:`numerical_rank` and by :func:`alpha_req`'s default fit range).
+The measures describe the distribution of one frame, so the threshold is set on the spectrum of
+the per-frame second moment ``M = X^T X / N`` (``(D, D)``; for the centered spectrum
+``(X - mean)^T (X - mean) / N``), whose eigenvalues ``sigma_k**2 = s_k**2 / N`` converge as
+``N`` grows. A singular value ``s_k`` is zero when
+
+    ``s_k / sqrt(N) <= max(D * eps32 * s_1 / sqrt(N), data_eps * rms(X))``,
+
+i.e. ``s_k <= max(D * eps32 * s_1, data_eps * rms(X) * sqrt(N))``, with ``s_1`` the largest
+singular value of the same (centered or uncentered) matrix, ``eps32`` float32's machine epsilon
+(1.19e-7), ``data_eps`` the epsilon of the dtype the activations were stored in
+(:func:`data_eps_of`, never below ``eps32``) and ``rms(X) = ||X||_F / sqrt(N D)`` the root mean
+square entry of the uncentered rows. Both terms are per frame, so the count does not grow or
+shrink with the number of frames:
+
+* ``D * eps32 * sigma_1`` is the usual matrix-rank tolerance ``max(rows, cols) * eps * ||A||_2``
+  applied to the ``(D, D)`` matrix ``M^(1/2)`` (singular values ``sigma_k``) at the precision of
+  float32 activations. Applying it to the ``(N, D)`` matrix ``X`` instead (``s_1 * max(N, D) *
+  eps32``, the rule before this one) treats every extra frame as extra round-off: at D = 256 and
+  one hour of 50 Hz frames it cut every direction below 2.1 % of the top singular value, and on
+  one distribution the numerical rank fell from 110 to 56 and alpha-ReQ from 4.16 to 2.27
+  between 5,000 and 180,000 frames (``benchmarks/rank_vs_n.md``). Averaging more frames
+  estimates ``M`` better; it adds no round-off to it. For ``N <= D`` this term equals the old
+  rule. The float64 solvers resolve singular values far below it (the Gram route down to
+  ``sqrt(D * eps64) * s_1``, at least ``8 * sqrt(D)`` times lower).
+* ``data_eps * rms(X)`` is the level of rounding to the storage dtype. Rounding to nearest leaves
+  an entry an error of standard deviation at most ``data_eps * |x| / sqrt(12)``; the per-frame
+  second moment of such errors has eigenvalues near their variance, at most
+  ``(1 + sqrt(D / N))**2`` times it (Marchenko-Pastur), so below ``(data_eps * rms(X))**2``
+  whenever ``N >= D / 6``. A direction that is exactly zero in the model (the one a LayerNorm
+  removes) and was only lifted by bfloat16/float16 rounding therefore stays zero. For float32
+  data this term only decides when the mean of the rows exceeds their spread about D-fold.
 """
 from __future__ import annotations
 
@@ -104,25 +137,31 @@ def _check_data_eps(data_eps: float | None) -> float:
     return max(v, _EPS32)
 
 
-def _zero_tol(s_ref: float, n: int, d: int, data_eps: float, rms: float) -> float:
-    """Singular values at or below this are treated as zero.
+def _zero_tol(s_1: float, n: int, d: int, data_eps: float, rms: float) -> float:
+    """Singular values of the ``(N, D)`` matrix at or below this are zero (module docstring).
 
-    ``s_ref * max(N, D) * eps32`` (rounding of float32 data and of the solver); for coarser
-    data (``data_eps`` above float32's) also the largest singular value expected of the
-    rounding errors alone: an ``(N, D)`` matrix of entries about ``data_eps * rms(x)`` has
-    singular values up to about ``data_eps * rms(x) * (sqrt(N) + sqrt(D))``.
+    Args:
+        s_1: Largest singular value of the same (centered or uncentered) matrix.
+        n: Number of rows ``N``.
+        d: Number of columns ``D``.
+        data_eps: Machine epsilon of the stored activations (at least float32's).
+        rms: Root mean square entry of the uncentered rows.
+
+    Returns:
+        ``sqrt(N) * max(D * eps32 * s_1 / sqrt(N), data_eps * rms)``
+        ``= max(D * eps32 * s_1, data_eps * rms * sqrt(N))``: the per-frame threshold, scaled
+        back to the singular values of the ``(N, D)`` matrix.
     """
-    tol = s_ref * max(n, d) * _EPS32
-    if data_eps > _EPS32:
-        tol = max(tol, data_eps * rms * (math.sqrt(n) + math.sqrt(d)))
-    return tol
+    return max(d * _EPS32 * s_1, data_eps * rms * math.sqrt(n))
 
 
-def _rms(t: torch.Tensor, data_eps: float) -> float:
-    """Root mean square entry of ``t`` (only needed, and only computed, for coarse data)."""
-    if data_eps <= _EPS32 or t.numel() == 0:
+def _rms(t: torch.Tensor) -> float:
+    """Root mean square entry of ``t`` (``(N, D)``), accumulated in float64."""
+    if t.numel() == 0:
         return 0.0
-    return float(t.to(torch.float64).pow(2).mean().sqrt())
+    return float(torch.linalg.vector_norm(t, dtype=torch.float64)) / math.sqrt(t.numel())
+
+
 _SPECTRA = ("singular", "variance")
 
 
@@ -220,8 +259,10 @@ def _stable_rank_s(s: torch.Tensor) -> float:
 def _numerical_rank_s(s: torch.Tensor, n: int, d: int, tol: float | None,
                       data_eps: float = _EPS32, rms: float = 0.0) -> float:
     if tol is None:
-        tol = _zero_tol(float(s[0]), n, d, data_eps, rms)
-    return float(int((s > tol).sum()))
+        cut = _zero_tol(float(s[0]), n, d, data_eps, rms)
+    else:  # a per-frame threshold, compared with s_k / sqrt(N)
+        cut = float(tol) * math.sqrt(n)
+    return float(int((s > cut).sum()))
 
 
 def _nesum_s(c: torch.Tensor) -> float:
@@ -434,12 +475,18 @@ def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None,
     the function returns ``alpha``. Good representations have ``alpha`` near 1.
 
     Default fit range: ``j = 1 .. K`` where ``K`` counts the eigenvalues that are not
-    numerically zero, i.e. whose centered singular value exceeds
-    ``c_1 * max(N, D) * eps_float32`` (the :func:`numerical_rank` tolerance; for float16 or
-    bfloat16 data also the rounding-noise level ``data_eps * rms(x) * (sqrt(N) + sqrt(D))``),
-    and ``K <= min(N - 1, D)`` (centering removes one dimension). Without that cut a direction that is exactly zero in
-    the model (e.g. the one LayerNorm removes) would enter the fit at whatever level rounding
-    left it, and alpha would depend on the precision the activations were stored in.
+    numerically zero and ``K <= min(N - 1, D)`` (centering removes one dimension). With
+    ``c_k`` the centered singular values, ``c_k / sqrt(N)`` is the square root of an eigenvalue
+    of the per-frame covariance, and ``lambda_k`` is zero when
+
+        ``c_k / sqrt(N) <= max(D * eps32 * c_1 / sqrt(N), data_eps * rms(x))``
+
+    (the rule of :func:`numerical_rank`, explained in the module docstring): a fixed fraction
+    ``D * eps32`` (3.1e-5 at D = 256) of the top one, or the level of the storage dtype's
+    rounding. Both are per frame, so ``K`` and alpha do not drift with the number of frames.
+    Without the cut a direction that is exactly zero in the model (e.g. the one LayerNorm
+    removes) would enter the fit at whatever level rounding left it, and alpha would depend on
+    the precision the activations were stored in.
 
     Args:
         x: Embeddings ``(N, D)``.
@@ -462,7 +509,7 @@ def alpha_req(x: ArrayLike, *, fit_range: tuple[int, int | None] | None = None,
     _check_fit_range(fit_range)
     t, n, d = _prepare(x)
     deps = data_eps_of(t.dtype) if data_eps is None else _check_data_eps(data_eps)
-    rms = _rms(t, deps)
+    rms = _rms(t)
     c, reason = _checked_spectrum(t, center=True)
     if reason is None:
         first, last = _alpha_fit_indices(c, n, d, fit_range, deps, rms)
@@ -519,17 +566,26 @@ def nesum(x: ArrayLike) -> float:
 
 
 def numerical_rank(x: ArrayLike, tol: float | None = None, *, data_eps: float | None = None) -> float:
-    """Numerical rank: the number of singular values of the uncentered ``x`` above ``tol``.
+    """Numerical rank: how many directions of the uncentered frames are not numerically zero.
+
+    With ``s_k`` the singular values of ``x`` (no mean removal), ``sigma_k = s_k / sqrt(N)``
+    are the square roots of the eigenvalues of the per-frame second moment ``X^T X / N``, which
+    do not grow with ``N``. The rank counts ``sigma_k > tol``, by default with
+
+        ``tol = max(D * eps32 * sigma_1, data_eps * rms(x))``
+
+    ``D * eps32 * sigma_1`` is the matrix-rank tolerance of the ``(D, D)`` matrix
+    ``(X^T X / N)^(1/2)`` at float32 precision (``eps32`` = 1.19e-7); ``data_eps * rms(x)``
+    (``rms(x) = ||x||_F / sqrt(N D)``) is the level below which rounding to the storage dtype
+    can lift an exactly-zero direction. See the module docstring for why both are per frame.
 
     Args:
         x: Embeddings ``(N, D)``.
-        tol: Absolute threshold on singular values. Default ``s_max * max(N, D) * eps``
-            with ``eps`` the float32 machine epsilon (1.19e-7): embeddings are float32, so
-            singular values below that are rounding noise of the stored activations.
+        tol: Per-frame threshold, compared with ``s_k / sqrt(N)`` (not with ``s_k``, so that a
+            fixed ``tol`` gives the same rank for any number of frames); None = the default
+            above.
         data_eps: Machine epsilon of the precision ``x`` was produced in (see
-            :func:`data_eps_of`); None = from ``x``'s dtype or float32. For float16/bfloat16
-            the default ``tol`` is at least ``data_eps * rms(x) * (sqrt(N) + sqrt(D))``, the
-            size of the rounding errors' own singular values.
+            :func:`data_eps_of`); None = from ``x``'s dtype or float32.
 
     Returns:
         The rank as a Python float (an integer value); NaN with one RuntimeWarning for
@@ -538,13 +594,16 @@ def numerical_rank(x: ArrayLike, tol: float | None = None, *, data_eps: float | 
     Example:
         >>> numerical_rank(np.array([[1.0, 2.0], [2.0, 4.0], [0.0, 0.0]]))
         1.0
+        >>> x = np.random.default_rng(0).standard_normal((100, 4)) * [1.0, 1e-2, 1e-4, 1e-9]
+        >>> numerical_rank(x), numerical_rank(np.tile(x, (50, 1)))  # 100 or 5,000 frames
+        (3.0, 3.0)
     """
     t, n, d = _prepare(x)
     deps = data_eps_of(t.dtype) if data_eps is None else _check_data_eps(data_eps)
     s, reason = _checked_spectrum(t, center=False)
     if reason is not None:
         return degenerate("numerical_rank", reason)
-    return _numerical_rank_s(s, n, d, tol, deps, _rms(t, deps))
+    return _numerical_rank_s(s, n, d, tol, deps, _rms(t))
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,9 +665,10 @@ def rank_measures_from_gram(
         fit_range: ``fit_range`` of :func:`alpha_req`.
         tol: ``tol`` of :func:`numerical_rank`.
         data_eps: Machine epsilon of the precision the rows were produced in (see
-            :func:`data_eps_of`; None = float32): for float16/bfloat16 rows, singular values
-            below the rounding errors' own (``data_eps * rms * (sqrt(N) + sqrt(D))``, ``rms``
-            from the Gram trace) are zero for alpha-ReQ's fit range and the numerical rank.
+            :func:`data_eps_of`; None = float32): per-frame singular values ``s_k / sqrt(N)``
+            at or below ``data_eps * rms`` (``rms = sqrt(trace(G) / (N D))``) are zero for
+            alpha-ReQ's fit range and the numerical rank, as are those at or below
+            ``D * eps32 * s_1 / sqrt(N)`` (see the module docstring).
 
     Returns:
         ``{measure: value}`` in the order of ``measures``. Undefined measures (fewer than two
@@ -639,7 +699,7 @@ def rank_measures_from_gram(
     s_u = singular_values_from_gram(g, col_sum, n, center=False) if need_u else None
     s_c = singular_values_from_gram(g, col_sum, n, center=True) if need_c else None
     rms = (math.sqrt(max(float(torch.diagonal(g).sum()), 0.0) / (n * d))
-           if deps > _EPS32 and n > 0 and d > 0 else 0.0)
+           if n > 0 and d > 0 else 0.0)
 
     out: dict[str, float] = {}
     problems: list[str] = []

@@ -3,12 +3,10 @@
 * cluster scores: label permutation / renaming, row order, translation, rotation, scale;
 * label scores: renaming either labeling, row order, symmetry where it holds;
 * CCA: row order, phone renaming, scale;
-* rank measures: row order, rotation, scale;
+* rank measures: row order, rotation, scale, frame repetition (same distribution, 3x the frames);
 * every metric on frames: NaN/Inf raises SSLVitalsError, the result is a Python float.
 """
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 import pytest
@@ -18,11 +16,7 @@ from sslvitals.errors import SSLVitalsError
 from sslvitals.metrics import cca as CCA
 from sslvitals.metrics import cluster as C
 from sslvitals.metrics import labels as L
-
-try:
-    R = importlib.import_module("sslvitals.metrics.rank")
-except ImportError:  # pragma: no cover - the rank module is written in parallel
-    R = None
+from sslvitals.metrics import rank as R  # an import error is a bug: fail, never skip
 
 CLUSTER_SCORES = {
     "silhouette": C.silhouette_score,
@@ -53,8 +47,7 @@ RANK_NAMES = ("rankme", "effective_rank", "alpha_req", "stable_rank", "nesum", "
 
 
 def _rank_fn(name):
-    if R is None or not hasattr(R, name):
-        pytest.skip(f"sslvitals.metrics.rank.{name} is not available yet")
+    assert name in R.__all__, f"sslvitals.metrics.rank does not export {name}"
     return getattr(R, name)
 
 
@@ -84,6 +77,15 @@ def spectrum_data():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(800, 6)) @ rng.normal(size=(6, 24)) * 3 + 0.3 * rng.normal(size=(800, 24))
     return x + 1.0
+
+
+@pytest.fixture(scope="module")
+def graded_spectrum():
+    """Frames whose per-direction spread falls from 1 to 1e-6.6 (rotated, with a mean): the
+    tail crosses any threshold that moves with the number of frames."""
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+    return (rng.normal(size=(400, 24)) * 10.0 ** (-np.arange(24) / 3.5)) @ q + 0.2 * q[0]
 
 
 def _rotation(d, seed=0):
@@ -203,6 +205,16 @@ def test_rank_measure_row_order_rotation_scale(spectrum_data, name):
     assert fn(x[order]) == pytest.approx(base, rel=1e-6)
     assert fn(x @ _rotation(x.shape[1], seed=3)) == pytest.approx(base, rel=1e-6)
     assert fn(2.5 * x) == pytest.approx(base, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", RANK_NAMES)
+def test_rank_measure_frame_repetition(spectrum_data, graded_spectrum, name):
+    """Every frame three times: the same distribution of frames, so the same value (issue 11:
+    the numerical rank and alpha-ReQ's fit range once depended on the number of frames; on
+    ``graded_spectrum`` the old tolerance gave numerical rank 16, then 14)."""
+    fn = _rank_fn(name)
+    for x in (spectrum_data, graded_spectrum):
+        assert fn(np.tile(x, (3, 1))) == pytest.approx(fn(x), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", RANK_NAMES)

@@ -53,12 +53,28 @@ def ref_cov_eigs(x: np.ndarray) -> np.ndarray:
                            0, None))[::-1]
 
 
-def ref_alpha(x: np.ndarray, first: int = 1, last: int | None = None) -> float:
+def ref_second_moment_eigs(x: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the per-frame second moment X^T X / N, descending."""
+    x = np.asarray(x, np.float64)
+    return np.sort(np.clip(np.linalg.eigvalsh(x.T @ x / len(x)), 0, None))[::-1]
+
+
+def ref_nonzero(mu: np.ndarray, x: np.ndarray, data_eps: float = EPS32) -> int:
+    """How many per-frame eigenvalues ``mu`` (descending) are not numerically zero under the
+    documented rule: sqrt(mu_k) > max(D * eps32 * sqrt(mu_1), data_eps * rms(x))."""
+    x = np.asarray(x, np.float64)
+    d = x.shape[1]
+    rms = float(np.sqrt(np.mean(x * x)))
+    level = max(d * EPS32 * np.sqrt(mu[0]), data_eps * rms)
+    return int(np.sum(np.sqrt(mu) > level))
+
+
+def ref_alpha(x: np.ndarray, first: int = 1, last: int | None = None,
+              data_eps: float = EPS32) -> float:
     n, d = x.shape
     lam = ref_cov_eigs(x)
-    # "not numerically zero": centered singular value above the numerical-rank tolerance
-    c = np.sqrt(lam * (n - 1))
-    k = min(int(np.sum(c > c[0] * max(n, d) * EPS32)), n - 1, d)
+    # "not numerically zero": per-frame covariance eigenvalue (lam * (N - 1) / N) above the rule
+    k = min(ref_nonzero(lam * (n - 1) / n, x, data_eps), n - 1, d)
     last = k if last is None else min(last, k)
     j = np.arange(first, last + 1)
     slope, _ = np.polyfit(np.log(j), np.log(lam[first - 1:last]), 1)
@@ -74,10 +90,13 @@ def ref_nesum(x: np.ndarray) -> float:
     return float(lam.sum() / lam[0])
 
 
-def ref_numerical_rank(x: np.ndarray) -> float:
-    n, d = x.shape
-    tol = np.linalg.norm(x, 2) * max(n, d) * EPS32
-    return float(np.linalg.matrix_rank(x, tol=tol))
+def ref_numerical_rank(x: np.ndarray, data_eps: float = EPS32) -> float:
+    return float(min(ref_nonzero(ref_second_moment_eigs(x), x, data_eps), len(x)))
+
+
+def old_nonzero(mu: np.ndarray, n: int, d: int) -> int:
+    """The rule before issue 11, for contrast: s_k > s_1 * max(N, D) * eps32 with s_k = sqrt(N mu_k)."""
+    return int(np.sum(np.sqrt(mu) > np.sqrt(mu[0]) * max(n, d) * EPS32))
 
 
 def low_rank_noise(rng: np.random.Generator, n: int, d: int, r: int = 12,
@@ -354,3 +373,93 @@ def test_rounding_does_not_turn_a_zero_direction_into_signal(dtype):
     assert f32.data_eps == R.data_eps_of(torch.float32)
     f32.merge(acc)
     assert f32.data_eps == R.data_eps_of(dtype)
+
+
+# ------------------------------------------------------ zero threshold vs number of frames
+D_PROBE = 256
+N_BASE = 5000  # and 4 x, 36 x: 5,000 / 20,000 / 180,000 frames (one hour of 50 Hz frames)
+
+
+def _population(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-direction standard deviations, a rotation and a mean: one distribution of frames."""
+    rng = np.random.default_rng(21)
+    q, _ = np.linalg.qr(rng.standard_normal((D_PROBE, D_PROBE)))
+    # "decaying": std exp(-k / 15), the review's example: no direction is exactly zero, the
+    # tail runs below float32's threshold; "layernorm": std exp(-k / 48), every direction well
+    # above float32 and bfloat16 rounding, then LayerNorm removes one direction exactly
+    scale = 15.0 if kind == "decaying" else 48.0
+    return np.exp(-np.arange(D_PROBE) / scale), q, 0.5 * q[0]
+
+
+def _draw(kind: str, n: int, seed: int) -> np.ndarray:
+    """``n`` float32 frames ``(n, 256)`` of the distribution ``kind``."""
+    std, q, mean = _population(kind)
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, D_PROBE)) * std) @ q + mean
+    if kind == "layernorm":  # exactly zero along the all-ones direction
+        x -= x.mean(axis=1, keepdims=True)
+        x /= x.std(axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def _fed_in_batches(x: torch.Tensor, seed: int) -> S.GramAccumulator:
+    acc = S.GramAccumulator(int(x.shape[1]))
+    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, len(x)), 40, replace=False))
+    for part in torch.tensor_split(x, torch.from_numpy(cuts)):
+        acc.update(part)
+    return acc
+
+
+@pytest.mark.parametrize("kind", ["decaying", "layernorm"])
+def test_zero_threshold_and_alpha_fit_do_not_grow_with_frames(kind):
+    """Issue 11: N, 4N and 36N frames of one distribution give the same numerical rank and
+    alpha-ReQ (within 1 %), stored as float32 or bfloat16, through the functions on the raw
+    matrix and through batches fed to a GramAccumulator; both match the float64 numpy reference
+    of the documented rule. Under the old rule (s_1 * max(N, D) * eps32) the same float32 frames
+    gave ranks that fell with N."""
+    dtypes = (torch.float32, torch.bfloat16)
+    got: dict[torch.dtype, dict[int, tuple[float, float]]] = {dt: {} for dt in dtypes}
+    old: dict[int, int] = {}
+    for i, n in enumerate((N_BASE, 4 * N_BASE, 36 * N_BASE)):
+        frames = torch.from_numpy(_draw(kind, n, seed=100 + i))
+        for dtype in dtypes:
+            data_eps = R.data_eps_of(dtype)
+            x = frames.to(dtype)
+            x64 = x.double().numpy()  # the values as stored, exactly
+            mu = ref_second_moment_eigs(x64)
+            rank, alpha = R.numerical_rank(x), R.alpha_req(x)
+            assert rank == ref_nonzero(mu, x64, data_eps), (dtype, n, rank)
+            assert rel(alpha, ref_alpha(x64, data_eps=data_eps)) < 1e-8, (dtype, n)
+            acc = _fed_in_batches(x, seed=i)
+            assert acc.count == n and acc.data_eps == data_eps
+            streamed = acc.compute(["numerical_rank", "alpha_req"])
+            assert streamed["numerical_rank"] == rank, (dtype, n)
+            assert rel(streamed["alpha_req"], alpha) < 1e-6, (dtype, n)
+            got[dtype][n] = (rank, alpha)
+            if dtype is torch.float32:
+                old[n] = old_nonzero(mu, n, D_PROBE)
+            del x, x64, mu, acc
+        del frames
+    for dtype, values in got.items():
+        rank0, alpha0 = values[N_BASE]
+        for rank, alpha in values.values():
+            assert abs(rank - rank0) <= 0.01 * rank0, (dtype, values)
+            assert abs(alpha - alpha0) <= 0.01 * alpha0, (dtype, values)
+        if kind == "layernorm":
+            # the removed direction stays zero after rounding, every other one counts: D - 1
+            assert all(rank == D_PROBE - 1 for rank, _ in values.values()), (dtype, values)
+    # the test can fail: on the same float32 frames the old tolerance gives ranks far outside
+    # the 1 % (decaying: about 110 -> 56; layernorm: 255 -> under 190)
+    assert old[36 * N_BASE] < 0.8 * old[N_BASE], old
+
+
+def test_user_tol_is_per_frame():
+    """A fixed ``tol`` is compared with s_k / sqrt(N), so repeating the frames keeps the rank."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((300, 8)) * np.array([1.0, 0.5, 0.2, 0.1, 1e-2, 1e-3, 1e-4, 1e-5])
+    sigma = np.sqrt(ref_second_moment_eigs(x))
+    tol = float(np.sqrt(sigma[4] * sigma[5]))  # between the 5th and 6th per-frame value
+    assert R.numerical_rank(x, tol=tol) == 5.0
+    assert R.numerical_rank(np.tile(x, (9, 1)), tol=tol) == 5.0
+    assert R.rank_measures_from_gram(x.T @ x, x.sum(0), 300, measures=["numerical_rank"],
+                                     tol=tol)["numerical_rank"] == 5.0
