@@ -101,10 +101,11 @@ def test_session_values_match_numpy_reference(models, tiny_root, tmp_path, encod
         sums = np.stack([u.astype(np.float64).sum(0) for u in utts])
         assert values[metric_key("rankme", layer)] == pytest.approx(_numpy_rankme(frames), rel=1e-5)
         assert values[metric_key("rankme_t", layer)] == pytest.approx(_numpy_rankme(sums), rel=1e-5)
-        # float32 activations: singular values below s_max * max(N, D) * eps32 are rounding
-        # (the post-norm layers' rows sum to ~0, so one direction is exactly that small)
+        # float32 activations: singular values below s_max * D * eps32 are rounding (the
+        # per-frame rule of sslvitals.metrics.rank; the post-norm layers' rows sum to ~0, so one
+        # direction is exactly that small)
         eps32 = float(np.finfo(np.float32).eps)
-        tol = np.linalg.svd(frames.astype(np.float64), compute_uv=False)[0] * max(frames.shape) * eps32
+        tol = np.linalg.svd(frames.astype(np.float64), compute_uv=False)[0] * frames.shape[1] * eps32
         assert values[metric_key("numerical_rank", layer)] == np.linalg.matrix_rank(
             frames.astype(np.float64), tol=tol)
         assert 0.0 < values[metric_key("pnmi", layer)] < 1.0
