@@ -162,6 +162,7 @@ class VitalsMonitor:
         from sslvitals.hooks import LayerTap
 
         from sslvitals import distributed as dist
+        from sslvitals.batching import apply_policy
 
         t0 = time.perf_counter()
         device = self.device()
@@ -178,7 +179,7 @@ class VitalsMonitor:
                 layers = list(tap.layer_ids)
                 rates = tap.frame_rates()
                 try:
-                    for batch in batches:
+                    for batch in apply_policy(model, forward_fn, batches):
                         tap.clear()
                         lengths = getattr(batch, "lengths", None)
                         if lengths is not None:

@@ -90,6 +90,22 @@ class ProbeBatch:
         t = self.wav.shape[1]
         return torch.arange(t)[None, :] >= self.lengths[:, None]
 
+    def split(self) -> list["ProbeBatch"]:
+        """One batch per utterance, cut to its own length, in the same order.
+
+        Used by :mod:`sslvitals.batching` for models whose features padding would change.
+
+        Returns:
+            ``B`` batches with ``wav (1, T_i)`` and no padding.
+        """
+        return [
+            ProbeBatch(wav=self.wav[row:row + 1, :n], lengths=self.lengths[row:row + 1],
+                       ids=self.ids[row:row + 1], index=self.index[row:row + 1],
+                       labels=None if self.labels is None else self.labels[row:row + 1],
+                       sample_rate=self.sample_rate)
+            for row, n in enumerate(self.lengths.tolist())
+        ]
+
 
 @dataclass
 class ProbeSet:
@@ -218,6 +234,10 @@ class ProbeSet:
 
     def batches(self, batch_seconds: float = 60.0, *, max_batch: int = 64) -> Iterator[ProbeBatch]:
         """Yield padded batches, utterances grouped by length to limit padding.
+
+        These are reading batches. :class:`~sslvitals.monitor.VitalsMonitor` re-cuts them
+        per model (:mod:`sslvitals.batching`): models whose features padding would change see
+        one utterance per forward pass whatever ``batch_seconds`` is.
 
         Args:
             batch_seconds: Maximum padded audio per batch (B x longest), in seconds.

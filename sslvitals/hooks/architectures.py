@@ -97,6 +97,8 @@ class LayerPlan:
         sample_rate: Input sample rate in Hz.
         layerdrop: Largest layer-drop probability found in the model (0 if none).
         numbering: One sentence on what layer 0 and layer L are for this architecture.
+        family: Name of the :class:`ArchitectureSpec` that recognised the model (``""`` for a
+            plan built from a path only); :mod:`sslvitals.batching` decides by it.
     """
 
     architecture: str
@@ -113,6 +115,7 @@ class LayerPlan:
     sample_rate: int
     layerdrop: float = 0.0
     numbering: str = ""
+    family: str = ""
 
     @property
     def num_layers(self) -> int:
@@ -637,6 +640,7 @@ def detect(model: nn.Module, sample_rate: int = 16000) -> LayerPlan:
                 plan = spec.build(mod, path, sample_rate)
                 if plan.num_layers == 0:
                     continue
+                plan.family = spec.name
                 logger.debug("recognised %s at '%s' (%s)", plan.architecture, path, spec.name)
                 return plan
     raise _unknown_model_error(model)

@@ -62,8 +62,9 @@ class LoadedModel:
         loss: Validation loss stored in the checkpoint, or None.
         tap_layers: Optional ``LayerTap`` layers override (None: LayerTap finds them).
         info: Free-form details for logs.
-        rebatch: Optional function re-cutting the probe batches before the forward (e.g. one
-            utterance per batch for models whose front-end normalises over time).
+
+    How the probe is cut into forward passes is not the loader's business: the monitor
+    applies :mod:`sslvitals.batching` to every model.
     """
 
     model: torch.nn.Module
@@ -74,11 +75,6 @@ class LoadedModel:
     loss: float | None = None
     tap_layers: Any = None
     info: dict[str, Any] = field(default_factory=dict)
-    rebatch: Any = None
-
-    def batches(self, batches: Any) -> Any:
-        """Apply :attr:`rebatch` (if any) to an iterable of probe batches."""
-        return batches if self.rebatch is None else self.rebatch(batches)
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def score_checkpoints(
         ``(table, failures)``: the full table as written, and ``(checkpoint, reason)`` for
         every checkpoint that could not be scored.
     """
+    from sslvitals.batching import apply_policy
     from sslvitals.keys import parse_key
     from sslvitals.offline.io import COLUMNS, normalise, read_score_file, write_results
     from sslvitals.offline.loaders import default_run_name, expand_checkpoints, load_checkpoint
@@ -226,7 +227,7 @@ def score_checkpoints(
                 monitor = VitalsMonitor(cfg)
                 batches = _tqdm(probe.batches(batch_seconds), desc=f"{Path(spec.path).name}",
                                 unit="batch", leave=False, disable=not progress)
-                result = monitor.measure(loaded.model, loaded.forward_fn, loaded.batches(batches),
+                result = monitor.measure(loaded.model, loaded.forward_fn, batches,
                                          step=loaded.step, tap_layers=loaded.tap_layers)
                 for key, value in result.items():
                     parsed = parse_key(key)
@@ -234,7 +235,8 @@ def score_checkpoints(
                         values[(parsed.layer, parsed.metric)] = float(value)
             if "cca_mel" in miss_extra:
                 cca_layers = sorted({ly for ly, m in missing if m == "cca_mel"})
-                batches = loaded.batches(probe.batches(batch_seconds))
+                batches = apply_policy(loaded.model, loaded.forward_fn,
+                                       probe.batches(batch_seconds))
                 scores = cca_mel_scores(
                     loaded.model, loaded.forward_fn, batches, cca_layers, capacity=cca_frames,
                     seed=seed, tap_layers=loaded.tap_layers,

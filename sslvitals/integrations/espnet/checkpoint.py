@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sslvitals.batching import passes_padding
 from sslvitals.errors import SSLVitalsError
 
 __all__ = ["load_espnet_checkpoint", "espnet_epoch", "espnet_forward"]
@@ -53,6 +54,7 @@ def _task_for(config: dict[str, Any]) -> Any:
     return SSLTask
 
 
+@passes_padding
 def espnet_forward(model: torch.nn.Module, batch: Any) -> Any:
     """The forward function the training-time trainer uses, so offline and online numbers agree."""
     from sslvitals.integrations.espnet.forward import espnet_forward as _training_forward

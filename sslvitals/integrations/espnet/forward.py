@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sslvitals.batching import passes_padding
 from sslvitals.errors import SSLVitalsError
 
 __all__ = ["unwrap_model", "espnet_forward", "encoder_kind"]
@@ -58,8 +59,14 @@ def encoder_kind(model: torch.nn.Module) -> str:
         "(--encoder torchaudio_hubert or hubert_pretrain) and the SSL task model")
 
 
+@passes_padding
 def espnet_forward(model: torch.nn.Module, batch: Any) -> Any:
     """Run one probe batch through the model's front-end and encoder, without masking.
+
+    Every path hands the model the batch's lengths (or fairseq's padding mask), so it is
+    marked with :func:`sslvitals.batching.passes_padding`; whether a model may get padded
+    batches at all is decided by :mod:`sslvitals.batching` (ESPnet's default
+    ``torchaudio_hubert`` front-end, ``group_norm``, gets one utterance per call).
 
     Args:
         model: ``TorchAudioHubertPretrainModel``, ``HubertPretrainModel`` or

@@ -98,13 +98,6 @@ def fairseq_forward(normalize: bool) -> Any:
     return make_forward_fn(normalize)
 
 
-def _rebatch_for(model: torch.nn.Module) -> Any:
-    """One utterance per batch for front-ends that normalise over time (as during training)."""
-    from sslvitals.integrations.fairseq.forward import needs_unpadded_input, split_utterances
-
-    return split_utterances if needs_unpadded_input(model) else None
-
-
 def _patch_hubert_dictionaries(state: dict[str, Any], overrides: dict[str, Any]) -> None:
     """Give a HuBERT pretraining checkpoint dictionaries when neither it nor its label_dir has them."""
     from fairseq.data import Dictionary
@@ -179,8 +172,7 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
 
         model = load_multires_hubert_state(state)
         return LoadedModel(model.to(device).eval(), fairseq_forward(normalize), "s3prl",
-                           "multires_hubert", step, loss, info={"path": path},
-                           rebatch=_rebatch_for(model))
+                           "multires_hubert", step, loss, info={"path": path})
     if model_name not in MODEL_REGISTRY:
         raise SSLVitalsError(
             f"model {model_name!r} is not registered in this fairseq (known audio models: "
@@ -216,4 +208,4 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
     if name not in ("HubertModel", "Wav2Vec2Model"):
         logger.warning("%s: %s is not a pretraining HuBERT/wav2vec 2.0 model; trying extract_features", path, name)
     return LoadedModel(model.to(device).eval(), fairseq_forward(normalize), "fairseq", kind, step,
-                       loss, info={"path": path, "model": name}, rebatch=_rebatch_for(model))
+                       loss, info={"path": path, "model": name})

@@ -7,15 +7,15 @@ data loader would.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import torch
+
+from sslvitals.batching import passes_padding
 
 __all__ = [
     "normalize_waveforms",
     "padding_mask",
-    "needs_unpadded_input",
-    "split_utterances",
     "make_forward_fn",
 ]
 
@@ -55,45 +55,6 @@ def normalize_waveforms(wav: torch.Tensor, lengths: torch.Tensor, eps: float = 1
     return centred / torch.sqrt(var + eps)
 
 
-def needs_unpadded_input(model: torch.nn.Module) -> bool:
-    """True when padding would change the features of the other frames of an utterance.
-
-    fairseq's ``extractor_mode=default`` front-end (HuBERT / wav2vec 2.0 Base) normalises its
-    first convolution with a GroupNorm over the whole time axis, so zero padding shifts the
-    statistics of every frame; such models must see each probe utterance alone, as fairseq's
-    own feature dumping does. ``extractor_mode=layer_norm`` models normalise per frame and can
-    be fed padded batches.
-    """
-    front = getattr(model, "feature_extractor", None)
-    if not isinstance(front, torch.nn.Module):
-        return False
-    return any(isinstance(m, torch.nn.GroupNorm) for m in front.modules())
-
-
-def split_utterances(batches: Iterable[Any]) -> Iterator[Any]:
-    """Re-cut probe batches into one-utterance batches, unpadded, in the same order.
-
-    For models where :func:`needs_unpadded_input` is true: each utterance then runs alone, as
-    fairseq's feature dumping runs it, whatever batch it was read in.
-
-    Args:
-        batches: :class:`~sslvitals.probe.ProbeBatch` objects.
-
-    Yields:
-        ProbeBatch with ``B = 1`` and ``T`` = the utterance's length.
-    """
-    from sslvitals.probe import ProbeBatch
-
-    for batch in batches:
-        for row, n in enumerate(batch.lengths.tolist()):
-            yield ProbeBatch(
-                wav=batch.wav[row:row + 1, :n], lengths=batch.lengths[row:row + 1],
-                ids=batch.ids[row:row + 1], index=batch.index[row:row + 1],
-                labels=None if batch.labels is None else batch.labels[row:row + 1],
-                sample_rate=batch.sample_rate,
-            )
-
-
 def make_forward_fn(normalize: bool) -> Callable[[torch.nn.Module, Any], Any]:
     """Build ``forward_fn(model, batch)`` for :meth:`sslvitals.monitor.VitalsMonitor.measure`.
 
@@ -102,8 +63,9 @@ def make_forward_fn(normalize: bool) -> Callable[[torch.nn.Module, Any], Any]:
     :class:`~sslvitals.hooks.LayerTap` sees the padding mask and the input lengths) with
     ``source=wav, padding_mask=mask, mask=False, features_only=True``: the unmasked feature
     pass shared by fairseq's ``HubertModel``, ``Wav2Vec2Model`` and ``MultiresHubertModel``
-    (what their ``extract_features`` runs). Feed models that need it one-utterance batches
-    (:func:`needs_unpadded_input`, :func:`split_utterances`).
+    (what their ``extract_features`` runs). It is marked with
+    :func:`sslvitals.batching.passes_padding`; which models get padded batches and which one
+    utterance per call is decided by :mod:`sslvitals.batching` inside the monitor.
 
     Args:
         normalize: The task's ``normalize`` option.
@@ -112,6 +74,7 @@ def make_forward_fn(normalize: bool) -> Callable[[torch.nn.Module, Any], Any]:
         The forward function; it returns None (the layers are read by hooks).
     """
 
+    @passes_padding
     def forward_fn(model: torch.nn.Module, batch: Any) -> None:
         param = next(model.parameters())
         wav = batch.wav.to(device=param.device, dtype=torch.float32)

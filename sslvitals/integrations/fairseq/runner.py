@@ -295,15 +295,11 @@ class FairseqVitals:
         """
         import time
 
-        from sslvitals.integrations.fairseq.forward import needs_unpadded_input, split_utterances
-
         rank, world = self._world()
         shard = self.probe.shard(rank, world)
         t0 = time.perf_counter()
         try:
-            batches = shard.batches(self.cfg.batch_seconds)
-            if needs_unpadded_input(model):
-                batches = split_utterances(batches)
+            batches = shard.batches(self.cfg.batch_seconds)  # re-cut per model by the monitor
             return self.monitor.measure(model, self.forward_fn, batches, step=step)
         except Exception as exc:  # noqa: BLE001 - never stop the training unless strict
             if self.cfg.strict:

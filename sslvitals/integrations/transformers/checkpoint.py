@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sslvitals.batching import passes_padding
 from sslvitals.errors import SSLVitalsError
 
 __all__ = ["load_transformers_model", "transformers_forward"]
@@ -20,17 +21,15 @@ __all__ = ["load_transformers_model", "transformers_forward"]
 logger = logging.getLogger(__name__)
 
 
-def _needs_attention_mask(model: torch.nn.Module) -> bool:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "feat_extract_norm", "layer") == "layer"
-
-
+@passes_padding
 def transformers_forward(model: torch.nn.Module, batch: Any, *, normalize: bool = False) -> Any:
     """Run a transformers speech model on a probe batch (hidden states captured by hooks).
 
-    Models with group-norm feature extractors (the Base checkpoints) were trained without
-    an attention mask on zero-padded input; the mask is passed only to the others, as the
-    transformers documentation advises.
+    The attention mask is always passed. Models with group-norm feature extractors
+    (``feat_extract_norm="group"``, the Base checkpoints) never see zero padding: the monitor's
+    batching rule (:mod:`sslvitals.batching`) gives them one utterance per call, so their mask
+    is all ones and changes nothing; ``feat_extract_norm="layer"`` models get padded batches
+    and need it.
 
     Args:
         model: The model.
@@ -46,9 +45,7 @@ def transformers_forward(model: torch.nn.Module, batch: Any, *, normalize: bool 
 
         wav = normalise_waveforms(wav, lengths)
     mask = (torch.arange(wav.shape[1], device=device)[None, :] < lengths[:, None]).long()
-    if _needs_attention_mask(model):
-        return model(input_values=wav, attention_mask=mask)
-    return model(input_values=wav)
+    return model(input_values=wav, attention_mask=mask)
 
 
 def load_transformers_model(path: str, *, device: torch.device | str = "cpu") -> Any:
@@ -81,6 +78,7 @@ def load_transformers_model(path: str, *, device: torch.device | str = "cpu") ->
             logger.warning("%s is not valid JSON; not normalising the input", pre)
     kind = str(getattr(model.config, "model_type", type(model).__name__))
 
+    @passes_padding
     def forward(m: torch.nn.Module, batch: Any) -> Any:
         return transformers_forward(m, batch, normalize=normalize)
 

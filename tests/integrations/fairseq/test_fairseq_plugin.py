@@ -121,20 +121,22 @@ def test_forward_fn_gives_each_utterance_its_own_features(corpus: Path, extracto
     fairseq's ``extract_features(output_layer=i)`` gives the utterance alone, unmasked."""
     from dist_worker import build_tiny_hubert
 
+    from sslvitals.batching import choose_policy
     from sslvitals.hooks import LayerTap
-    from sslvitals.integrations.fairseq.forward import needs_unpadded_input, split_utterances
     from sslvitals.probe import ProbeSet, frame_count
 
     model = build_tiny_hubert(extractor_mode=extractor_mode)
-    assert needs_unpadded_input(model) == (extractor_mode == "default")
     probe = ProbeSet.from_path(corpus / "valid.tsv")
     batch = next(iter(probe.batches(60.0)))
     assert batch.wav.shape[0] > 2 and int(batch.lengths.min()) < batch.wav.shape[1]
     fwd = make_forward_fn(normalize=False)
+    # HuBERT's frame mask keeps a frame of padding in either mode: one utterance per forward
+    policy = choose_policy(model, fwd)
+    assert not policy.padded, policy.describe()
 
     def run_probe(tap: LayerTap) -> dict[int, list[torch.Tensor]]:
-        # what FairseqVitals.measure feeds the monitor for this model
-        parts = list(split_utterances([batch])) if needs_unpadded_input(model) else [batch]
+        # what the monitor feeds this model
+        parts = list(policy.apply([batch]))
         out: dict[int, list[torch.Tensor]] = {}
         for part in parts:
             tap.clear()
