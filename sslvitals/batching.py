@@ -206,7 +206,8 @@ def _encoder_rule(plan: Any) -> tuple[bool, str]:
                        "resamples between resolutions over padded frames")
     if family == "espnet":
         return False, "ESPnet's SSL-task encoders are not proven exact under padding"
-    return False, "not a recognised architecture"
+    return False, (f"{family or name} is not among the architectures proven exact under "
+                   "padding (sslvitals.batching)")
 
 
 def choose_policy(model: nn.Module, forward_fn: Callable[..., Any] | None = None) -> BatchingPolicy:
