@@ -27,6 +27,7 @@ setup(
         "tqdm",
         "pandas",
         "matplotlib",
+        "soundfile",
     ],
     extras_require={
         "faiss": ["faiss-cpu>=1.7"],

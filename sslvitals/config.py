@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from sslvitals.errors import SSLVitalsError
+from sslvitals.metric_table import ALL_METRICS, LABEL_FREE_METRICS, LABEL_METRICS
 
 __all__ = [
     "VitalsConfig",
@@ -21,32 +22,9 @@ __all__ = [
     "parse_metrics",
 ]
 
-#: Metrics that need only the frames.
-LABEL_FREE_METRICS: tuple[str, ...] = (
-    "inertia",
-    "davies_bouldin",
-    "calinski_harabasz",
-    "silhouette",
-    "simplified_silhouette",
-    "rankme",
-    "effective_rank",
-    "rankme_t",
-    "alpha_req",
-    "stable_rank",
-    "nesum",
-    "numerical_rank",
-)
-#: Metrics that need one phone label per frame (computed only when the probe has labels).
-LABEL_METRICS: tuple[str, ...] = (
-    "phone_purity",
-    "cluster_purity",
-    "pnmi",
-    "cca_phone",
-)
-ALL_METRICS: tuple[str, ...] = LABEL_FREE_METRICS + LABEL_METRICS
-#: What ``metrics="default"`` means: everything except the most expensive measure
-#: (exact silhouette is replaced by its sampled form, which is what ``silhouette`` computes
-#: with ``silhouette_sample`` frames).
+#: What ``metrics="default"`` means: every metric the online monitor computes (the label
+#: metrics only when the probe has labels). The names, their families and label needs come from
+#: the one metric table, :mod:`sslvitals.metric_table`.
 DEFAULT_METRICS: tuple[str, ...] = ALL_METRICS
 
 

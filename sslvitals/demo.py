@@ -31,6 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Sequence
 
+from sslvitals.config import VitalsConfig
 from sslvitals.errors import SSLVitalsError
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The demo's k-means clusters: its probe is too small for the library default (1024).
+DEMO_K = 100
 
 #: File that marks a directory as a demo work directory (safe to overwrite).
 MARKER = ".sslvitals-demo"
@@ -81,9 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v = parser.add_argument_group("measurements")
     v.add_argument("--no-vitals", action="store_true",
                    help="train without the sslvitals plugin (steps 4-5 are skipped)")
-    v.add_argument("--vitals-k", type=int, default=100, help="k-means clusters of the layer metrics")
-    v.add_argument("--reservoir-size", type=int, default=20000, help="frames kept per layer for k-means")
-    v.add_argument("--silhouette-sample", type=int, default=5000, help="frames for the silhouette score")
+    defaults = VitalsConfig()
+    v.add_argument("--vitals-k", type=int, default=DEMO_K,
+                   help=f"k-means clusters of the layer metrics (the demo's 10-minute probe has about "
+                   f"30,000 frames, so it uses {DEMO_K} instead of the library's {defaults.k}; the "
+                   "value is recorded with every number)")
+    v.add_argument("--reservoir-size", type=int, default=defaults.reservoir_size,
+                   help="frames kept per layer for k-means")
+    v.add_argument("--silhouette-sample", type=int, default=defaults.silhouette_sample,
+                   help="frames for the silhouette score")
     v.add_argument("--metrics", default="default", help="metrics to measure (see sslvitals.config)")
     o = parser.add_argument_group("output")
     o.add_argument("--print-command", action="store_true",

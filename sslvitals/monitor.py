@@ -7,9 +7,14 @@ streams each layer's frames into bounded accumulators, synchronises them across
     probe batch --forward_fn--> model --LayerTap--> {layer: [(T_i, D)]}
         --> GramAccumulator (all frames, float64)      -> rank measures
         --> GramAccumulator (one sum per utterance)     -> RankMe-t
-        --> ReservoirSampler (seeded, frame keys)       -> k-means -> inertia, DB, CH, silhouettes
-                                      (+ phone labels)  -> phone/cluster purity, PNMI, CCA
-        --> sync across ranks --> compute on rank 0 --> broadcast --> {"vitals/<metric>/L<layer>": value}
+        --> ReservoirSampler (seeded frame keys, even-indexed utterances only)
+                                                        -> k-means -> inertia, DB, CH, silhouettes
+                                      (+ phone labels)  -> CCA with phones
+        --> sync across ranks --> compute on rank 0 --> broadcast values and centroids
+    second pass (only with labels and a purity/PNMI metric configured):
+    odd-indexed utterances --model--> frames --nearest centroid--> ContingencyAccumulator
+        --> sync (sum) --> phone purity, cluster purity, PNMI of held-out frames
+        --> {"vitals/<metric>/L<layer>": value}, the same on every rank
 
 Any failure of one metric is logged once and reported as NaN, unless ``cfg.strict``.
 """
@@ -19,7 +24,7 @@ import logging
 import math
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -28,7 +33,7 @@ from sslvitals.config import LABEL_METRICS, VitalsConfig, parse_layers, parse_me
 from sslvitals.errors import SSLVitalsError
 from sslvitals.keys import TIME_KEY, metric_key
 
-__all__ = ["VitalsMonitor", "LayerState", "align_labels"]
+__all__ = ["VitalsMonitor", "LayerState", "align_labels", "is_heldout"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,52 @@ _CLUSTER_METRICS = ("inertia", "davies_bouldin", "calinski_harabasz", "silhouett
                     "simplified_silhouette", "phone_purity", "cluster_purity", "pnmi")
 _GRAM_METRICS = ("rankme", "effective_rank", "alpha_req", "stable_rank", "nesum", "numerical_rank")
 _RESERVOIR_METRICS = _CLUSTER_METRICS + ("cca_phone",)
+#: Label metrics counted on held-out frames in a second pass (not on the k-means sample).
+_HELDOUT_METRICS = ("phone_purity", "cluster_purity", "pnmi")
 LABEL_RATE = 50.0
+
+
+def is_heldout(utt_index: int) -> bool:
+    """Whether a probe utterance is held out from the k-means fit.
+
+    Utterances with an even probe index feed the k-means reservoir (and so every cluster
+    score); every frame of the odd-indexed ones is assigned to the fitted centroids and counted
+    for phone purity, cluster purity and PNMI. The split depends only on the stable utterance
+    index, so it is the same for any batching, sharding, seed or toolkit, and halves a
+    contiguous manifest exactly.
+
+    Example:
+        >>> [is_heldout(i) for i in range(4)]
+        [False, True, False, True]
+    """
+    return int(utt_index) % 2 == 1
+
+
+def _is_setup_error(exc: BaseException) -> bool:
+    """Errors of the integration's wiring (not of the model or the data): always raised."""
+    text = str(exc)
+    return isinstance(exc, SSLVitalsError) and ("was not captured" in text
+                                                 or "no utterance indices" in text)
+
+
+def _with_index(batches: Iterable[Any]) -> Iterator[Any]:
+    """Pass batches through, checking each has its utterance indices (see :func:`_check_index`)."""
+    for batch in batches:
+        _check_index(batch)
+        yield batch
+
+
+def _check_index(batch: Any) -> None:
+    """Raise unless ``batch`` carries one stable utterance index per utterance."""
+    index = getattr(batch, "index", None)
+    lengths = getattr(batch, "lengths", None)
+    n = None if lengths is None else int(len(lengths))
+    if index is None or (n is not None and len(index) != n):
+        raise SSLVitalsError(
+            "a probe batch has no utterance indices (batch.index): sslvitals keys each frame by "
+            "(utterance index, frame) so that sampling does not depend on batching; give every "
+            "batch 'index', one stable integer per utterance (ProbeSet.batches() does this)"
+        )
 
 
 def align_labels(labels: np.ndarray, num_frames: int, layer_rate: float,
@@ -123,11 +173,23 @@ class VitalsMonitor:
         self.last_layers: list[int] = []
 
     # ------------------------------------------------------------------ scheduling
-    def due(self) -> bool:
-        """Count one validation and say whether this one is measured (every N-th, first included)."""
-        due = self._validations % self.cfg.every_n_validations == 0
-        self._validations += 1
-        return due
+    def due(self, index: int | None = None) -> bool:
+        """Say whether a validation is measured: every N-th of the run, the first included.
+
+        Args:
+            index: The validation's 0-based index in the whole run, when the caller knows it
+                (a resumed run continues its schedule: the integrations derive the index from
+                the run's validation history or epoch, never from this process's count). Without
+                it, the validations this monitor was asked about are counted.
+
+        Returns:
+            True when ``index % every_n_validations == 0``.
+        """
+        if index is None:
+            index = self._validations
+        index = int(index)
+        self._validations = index + 1
+        return index % self.cfg.every_n_validations == 0
 
     def device(self) -> torch.device:
         """The device the metric maths run on."""
@@ -142,16 +204,45 @@ class VitalsMonitor:
         return parse_layers(self.cfg.layers, num_layers) or []
 
     # ------------------------------------------------------------------ the measurement
+    def settings(self, probe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The settings that travel with every value this monitor reports.
+
+        Args:
+            probe: The probe's :meth:`~sslvitals.probe.ProbeSet.describe` dict (for its
+                fingerprint).
+
+        Returns:
+            See :func:`sslvitals.metric_table.measurement_settings`.
+        """
+        from sslvitals.metric_table import measurement_settings
+
+        try:
+            device = self.device().type
+        except SSLVitalsError:
+            device = None
+        return measurement_settings(self.cfg, probe=probe, device=device)
+
+    def _wants_heldout(self) -> bool:
+        return any(m in _HELDOUT_METRICS for m in self.metrics)
+
     def measure(self, model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module, Any], Any],
-                batches: Iterable[Any], *, step: int | None = None,
+                batches: Iterable[Any] | Callable[[], Iterable[Any]], *, step: int | None = None,
                 tap_layers: Any = None) -> dict[str, float]:
         """Run the probe through ``model`` and return ``{metric_key: value}`` plus ``vitals/seconds``.
+
+        The label metrics (phone purity, cluster purity, PNMI) are counted on held-out frames:
+        k-means is fitted on the reservoir of the even-indexed probe utterances, and every frame
+        of the odd-indexed ones is assigned to those centroids in a second pass over the probe
+        (see :func:`is_heldout`). The second pass runs only when those metrics are configured
+        and the probe has labels. ``batches`` may be a zero-argument callable that returns a
+        fresh iterable (then the probe is read twice); a one-shot iterator is read once and
+        the batches the second pass needs (audio only) are kept in memory meanwhile.
 
         Args:
             model: The model (any module that :class:`~sslvitals.hooks.LayerTap` understands).
             forward_fn: ``forward_fn(model, batch)`` runs one forward pass on a
                 :class:`~sslvitals.probe.ProbeBatch`; its return value is ignored.
-            batches: This rank's probe batches.
+            batches: This rank's probe batches, or a callable returning them anew.
             step: Update number, for log messages.
             tap_layers: Override of the LayerTap ``layers`` argument (a ModuleList path for
                 models LayerTap does not know).
@@ -159,53 +250,23 @@ class VitalsMonitor:
         Returns:
             The same dict on every rank.
         """
-        from sslvitals.hooks import LayerTap
-
         from sslvitals import distributed as dist
-        from sslvitals.batching import apply_policy
 
         t0 = time.perf_counter()
         device = self.device()
-        was_training = model.training
+        distributed = dist.is_distributed() and dist.world_size() > 1
+        factory = batches if callable(batches) else None
+        source = factory() if factory is not None else batches
+        keep: list[Any] | None = [] if (factory is None and self._wants_heldout()) else None
         states: dict[int, LayerState] = {}
-        saw_labels: bool | None = None
-        n_batches = 0
-        layers: list[int] = []
-        error: BaseException | None = None
-        try:
-            model.eval()
-            spec = self.cfg.layers if tap_layers is None else tap_layers
-            with torch.no_grad(), LayerTap(model, layers=spec) as tap:
-                layers = list(tap.layer_ids)
-                rates = tap.frame_rates()
-                try:
-                    for batch in apply_policy(model, forward_fn, batches):
-                        tap.clear()
-                        lengths = getattr(batch, "lengths", None)
-                        if lengths is not None:
-                            # the model's own padding rule can keep an extra frame or two; the
-                            # tap trims every utterance to what its unpadded audio gives
-                            tap.set_input_lengths(lengths)
-                        forward_fn(model, batch)
-                        utts = tap.utterances()
-                        labels = getattr(batch, "labels", None)
-                        saw_labels = (labels is not None) if saw_labels is None else (saw_labels and labels is not None)
-                        for layer in layers:
-                            if layer not in utts:
-                                raise SSLVitalsError(f"layer {layer} was not captured; captured: {sorted(utts)}")
-                            self._update_layer(states, layer, utts[layer], batch, labels,
-                                               rates.get(layer, LABEL_RATE), device)
-                        n_batches += 1
-                except Exception as exc:  # noqa: BLE001 - decided below, together with the other ranks
-                    error = exc
-                tap.clear()
-        finally:
-            model.train(was_training)
+        layers, saw_labels, n_batches, error = self._pass(
+            model, forward_fn, source, tap_layers, device,
+            lambda batch, utts, rates, lyrs: self._first_pass_batch(states, batch, utts, rates, lyrs, device, keep))
         self.last_layers = layers
 
         # Every rank must take part in the same collectives in the same order, even a rank
         # whose shard was empty or whose forward failed: agree first on what each rank holds.
-        if dist.is_distributed() and dist.world_size() > 1:
+        if distributed:
             info = {"error": None if error is None else f"{type(error).__name__}: {error}",
                     "dims": {layer: st.dim for layer, st in states.items()},
                     "labels": saw_labels}
@@ -213,7 +274,7 @@ class VitalsMonitor:
             errors = [f"rank {r}: {i['error']}" for r, i in enumerate(everyone) if i["error"]]
             if errors:
                 exc = error or SSLVitalsError("; ".join(errors))
-                if self.cfg.strict:
+                if self.cfg.strict or any("no utterance indices" in e for e in errors):
                     raise SSLVitalsError(f"sslvitals measurement failed ({'; '.join(errors)})") from exc
                 return self._all_failed(layers, exc, t0)
             dims = {}
@@ -227,27 +288,166 @@ class VitalsMonitor:
             for layer in sorted(layer for layer in layers if layer in states):
                 states[layer].sync()
         elif error is not None:
-            if self.cfg.strict or isinstance(error, SSLVitalsError) and "was not captured" in str(error):
+            if self.cfg.strict or _is_setup_error(error):
                 raise error
             return self._all_failed(layers, error, t0)
-        if dist.is_distributed() and dist.world_size() > 1:
+        have_labels = bool(saw_labels)
+        if distributed:
             # rank 0 computes; whatever happens there (strict-mode errors included) reaches
             # every rank, so no rank is left waiting in a collective
             try:
-                payload: Any = self._compute_all(states, layers, bool(saw_labels))
+                payload: Any = self._compute_all(states, layers, have_labels)
             except Exception as exc:  # noqa: BLE001
                 payload = SSLVitalsError(f"{type(exc).__name__}: {exc}")
             payload = dist.broadcast_object(payload, src=0)
             if isinstance(payload, BaseException):
                 raise payload
-            results = payload
+            results, centroids = payload
         else:
-            results = self._compute_all(states, layers, bool(saw_labels))
+            results, centroids = self._compute_all(states, layers, have_labels)
+        heldout = [m for m in self.metrics if m in _HELDOUT_METRICS] if have_labels else []
+        if heldout:
+            second = factory() if factory is not None else (keep or [])
+            results.update(self._heldout_pass(model, forward_fn, second, tap_layers, device,
+                                              layers, centroids, heldout, distributed))
         self.last_seconds = time.perf_counter() - t0
         results[TIME_KEY] = self.last_seconds
         logger.info("sslvitals: measured %d layers on %d batches in %.1f s%s", len(layers), n_batches,
                     self.last_seconds, "" if step is None else f" (update {step})")
         return results
+
+    def _pass(self, model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module, Any], Any],
+              batches: Iterable[Any], tap_layers: Any, device: torch.device,
+              on_batch: Callable[[Any, dict[int, list[torch.Tensor]], dict[int, float], list[int]], None],
+              ) -> tuple[list[int], bool | None, int, BaseException | None]:
+        """One pass over ``batches`` with the layers tapped; ``on_batch`` gets each batch's frames.
+
+        Returns:
+            ``(layers, saw_labels, n_batches, error)``: the tapped layer ids, whether every batch
+            had labels (None when there was no batch), the number of batches, and the exception
+            that stopped the pass (None when it completed).
+        """
+        from sslvitals.batching import apply_policy
+        from sslvitals.hooks import LayerTap
+
+        was_training = model.training
+        saw_labels: bool | None = None
+        n_batches = 0
+        layers: list[int] = []
+        error: BaseException | None = None
+        try:
+            model.eval()
+            spec = self.cfg.layers if tap_layers is None else tap_layers
+            with torch.no_grad(), LayerTap(model, layers=spec) as tap:
+                layers = list(tap.layer_ids)
+                rates = tap.frame_rates()
+                try:
+                    for batch in apply_policy(model, forward_fn, _with_index(batches)):
+                        tap.clear()
+                        lengths = getattr(batch, "lengths", None)
+                        if lengths is not None:
+                            # the model's own padding rule can keep an extra frame or two; the
+                            # tap trims every utterance to what its unpadded audio gives
+                            tap.set_input_lengths(lengths)
+                        forward_fn(model, batch)
+                        utts = tap.utterances()
+                        labels = getattr(batch, "labels", None)
+                        saw_labels = (labels is not None) if saw_labels is None else (saw_labels and labels is not None)
+                        for layer in layers:
+                            if layer not in utts:
+                                raise SSLVitalsError(f"layer {layer} was not captured; captured: {sorted(utts)}")
+                        on_batch(batch, utts, rates, layers)
+                        n_batches += 1
+                except Exception as exc:  # noqa: BLE001 - decided by the caller, with the other ranks
+                    error = exc
+                tap.clear()
+        finally:
+            model.train(was_training)
+        return layers, saw_labels, n_batches, error
+
+    def _first_pass_batch(self, states: dict[int, LayerState], batch: Any,
+                          utts: dict[int, list[torch.Tensor]], rates: dict[int, float],
+                          layers: list[int], device: torch.device, keep: list[Any] | None) -> None:
+        labels = getattr(batch, "labels", None)
+        for layer in layers:
+            self._update_layer(states, layer, utts[layer], batch, labels,
+                               rates.get(layer, LABEL_RATE), device)
+        if keep is not None and labels is not None and any(is_heldout(i) for i in batch.index):
+            keep.append(batch)
+
+    def _heldout_pass(self, model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module, Any], Any],
+                      batches: Iterable[Any], tap_layers: Any, device: torch.device,
+                      layers: list[int], centroids: dict[int, torch.Tensor | None],
+                      wanted: list[str], distributed: bool) -> dict[str, float]:
+        """Second pass: count (phone, cluster) pairs of every held-out frame; label metrics."""
+        from sslvitals import distributed as dist
+        from sslvitals import metrics as M
+        from sslvitals.streaming import ContingencyAccumulator
+
+        counts = {layer: ContingencyAccumulator() for layer in layers}
+
+        def on_batch(batch: Any, utts: dict[int, list[torch.Tensor]], rates: dict[int, float],
+                     lyrs: list[int]) -> None:
+            rows = [r for r, i in enumerate(batch.index) if is_heldout(i)]
+            for layer in lyrs:
+                cent = centroids.get(layer)
+                if cent is None:
+                    continue
+                for r in rows:
+                    u = utts[layer][r]
+                    if u.shape[0] == 0:
+                        continue
+                    assigned, _ = M.assign(u.to(device=device, dtype=torch.float32), cent.to(device))
+                    phones = align_labels(batch.labels[r], u.shape[0], rates.get(layer, LABEL_RATE))
+                    counts[layer].update(torch.from_numpy(phones), assigned.cpu())
+
+        def wanted_rows(source: Iterable[Any]) -> Iterable[Any]:
+            for batch in source:
+                if any(is_heldout(i) for i in batch.index):
+                    yield batch
+
+        _, _, _, error = self._pass(model, forward_fn, wanted_rows(batches), tap_layers, device, on_batch)
+        if distributed:
+            everyone = dist.all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+            errors = [f"rank {r}: {e}" for r, e in enumerate(everyone) if e]
+            if errors:
+                error = error or SSLVitalsError("; ".join(errors))
+            else:
+                for layer in layers:
+                    counts[layer].sync()
+        out: dict[str, float] = {}
+        for layer in layers:
+            if error is not None:
+                for m in wanted:
+                    out[metric_key(m, layer)] = self._fail(m, layer, error)
+                continue
+            if centroids.get(layer) is None:
+                for m in wanted:
+                    out.setdefault(metric_key(m, layer), float("nan"))
+                continue
+            c = np.asarray(counts[layer].counts())
+            if c.sum() == 0:
+                exc = SSLVitalsError(
+                    "no held-out frame: the label metrics are counted on the odd-indexed probe "
+                    "utterances, and this probe has none with frames; use a probe of at least two "
+                    "utterances")
+                for m in wanted:
+                    out[metric_key(m, layer)] = self._fail(m, layer, exc)
+                continue
+            purities: tuple[float, float] | None = None
+            for m in wanted:
+                if m in ("phone_purity", "cluster_purity"):
+                    if purities is None:
+                        try:
+                            purities = M.purities_from_counts(c)
+                        except Exception as exc:  # noqa: BLE001
+                            out[metric_key(m, layer)] = self._fail(m, layer, exc)
+                            continue
+                    value = purities[0] if m == "phone_purity" else purities[1]
+                    self._safe(out, m, layer, lambda v=value: v)
+                elif m == "pnmi":
+                    self._safe(out, m, layer, lambda: M.pnmi_from_counts(c))
+        return out
 
     def _update_layer(self, states: dict[int, LayerState], layer: int, utts: list[torch.Tensor],
                       batch: Any, labels: list[np.ndarray] | None, rate: float,
@@ -268,38 +468,52 @@ class VitalsMonitor:
         if st.utt_gram is not None:
             st.utt_gram.update(torch.stack([u.to(device=device, dtype=torch.float64).sum(0) for _, u in keep]))
         st.frames += x.shape[0]
+        offsets = np.concatenate([[0], np.cumsum([u.shape[0] for _, u in keep])]).tolist()
         st.utterances += len(keep)
         if st.reservoir is not None:
-            index = list(getattr(batch, "index", range(len(utts))))
+            index = list(batch.index)
+            fit = [(j, i, u) for j, (i, u) in enumerate(keep) if not is_heldout(index[i])]
+            if not fit:
+                return
+            rows = torch.cat([x[offsets[j]:offsets[j] + u.shape[0]] for j, _, u in fit])
             keys = torch.cat([torch.as_tensor(frame_keys(index[i], u.shape[0], self.cfg.seed))
-                              for i, u in keep])
+                              for _, i, u in fit])
             lab = None
             if labels is not None:
                 lab = torch.from_numpy(np.concatenate(
-                    [align_labels(labels[i], u.shape[0], rate) for i, u in keep]))
-            st.reservoir.update(x.cpu(), keys=keys, labels=lab)
+                    [align_labels(labels[i], u.shape[0], rate) for _, i, u in fit]))
+            st.reservoir.update(rows.cpu(), keys=keys, labels=lab)
 
     # ------------------------------------------------------------------ compute
     def _compute_all(self, states: dict[int, LayerState], layers: list[int],
-                     have_labels: bool) -> dict[str, float]:
+                     have_labels: bool) -> tuple[dict[str, float], dict[int, torch.Tensor | None]]:
+        """Everything but the held-out label metrics, on rank 0; also the fitted centroids.
+
+        Returns:
+            ``(values, centroids)``: centroids per layer (CPU float32 ``(k, D)``, None where
+            k-means failed), for the held-out pass.
+        """
         from sslvitals.distributed import rank as dist_rank
 
         out: dict[str, float] = {}
+        centroids: dict[int, torch.Tensor | None] = {}
         wanted = [m for m in self.metrics if have_labels or m not in LABEL_METRICS]
         if not have_labels and any(m in LABEL_METRICS for m in self.metrics) and "nolabels" not in self._warned:
             self._warned.add("nolabels")
             logger.info("sslvitals: the probe has no frame labels; skipping %s",
                         ", ".join(m for m in self.metrics if m in LABEL_METRICS))
         if dist_rank() != 0:
-            return out
+            return out, centroids
         for layer in layers:
             st = states.get(layer)
             if st is None:
                 for m in wanted:
                     out[metric_key(m, layer)] = self._fail(m, layer, SSLVitalsError("no frames were captured"))
+                centroids[layer] = None
                 continue
-            out.update(self._compute_layer(st, layer, wanted))
-        return out
+            values, centroids[layer] = self._compute_layer(st, layer, wanted)
+            out.update(values)
+        return out, centroids
 
     def _all_failed(self, layers: list[int], exc: BaseException, t0: float) -> dict[str, float]:
         """Report every metric of every layer as NaN after a failed probe pass (one warning)."""
@@ -338,7 +552,8 @@ class VitalsMonitor:
             value = self._fail(metric, layer, exc)
         out[metric_key(metric, layer)] = value
 
-    def _compute_layer(self, st: LayerState, layer: int, wanted: list[str]) -> dict[str, float]:
+    def _compute_layer(self, st: LayerState, layer: int,
+                       wanted: list[str]) -> tuple[dict[str, float], torch.Tensor | None]:
         from sslvitals import metrics as M
 
         cfg = self.cfg
@@ -358,12 +573,15 @@ class VitalsMonitor:
             self._safe(out, "rankme_t", layer, lambda: st.utt_gram.compute(measures=["rankme"])["rankme"])
         res_wanted = [m for m in wanted if m in _RESERVOIR_METRICS]
         if not res_wanted or st.reservoir is None:
-            return out
+            return out, None
         x, y = st.reservoir.sample()
         x = torch.as_tensor(x).to(self.device(), dtype=torch.float32)
         km_wanted = [m for m in res_wanted if m != "cca_phone"]
+        fit_needed = bool(km_wanted)
+        km_wanted = [m for m in km_wanted if m not in _HELDOUT_METRICS]
         assigned = None
-        if km_wanted:
+        centroids: torch.Tensor | None = None
+        if fit_needed:
             try:
                 if x.shape[0] < cfg.k:
                     raise SSLVitalsError(
@@ -373,9 +591,13 @@ class VitalsMonitor:
                 # km.labels / km.inertia are the assignment to the final centroids
                 assigned = torch.as_tensor(km.labels).to(x.device)
                 inertia_sum = float(km.inertia)
+                centroids = torch.as_tensor(km.centroids).detach().to("cpu", torch.float32)
             except Exception as exc:  # noqa: BLE001
                 for m in km_wanted:
                     out[metric_key(m, layer)] = self._fail(m, layer, exc)
+                for m in res_wanted:
+                    if m in _HELDOUT_METRICS:
+                        out[metric_key(m, layer)] = self._fail(m, layer, exc)
                 km_wanted = []
         for m in km_wanted:
             if m == "inertia":
@@ -389,19 +611,8 @@ class VitalsMonitor:
                 self._safe(out, m, layer, lambda: M.silhouette_score(x, assigned, sample_size=n, seed=cfg.seed))
             elif m == "simplified_silhouette":
                 self._safe(out, m, layer, lambda: M.simplified_silhouette_score(x, assigned))
-            elif m in ("phone_purity", "cluster_purity", "pnmi"):
-                if y is None:
-                    continue
-                yy = torch.as_tensor(y).cpu()
-                aa = assigned.cpu()
-                if m == "phone_purity":
-                    self._safe(out, m, layer, lambda: M.phone_purity(aa, yy))
-                elif m == "cluster_purity":
-                    self._safe(out, m, layer, lambda: M.cluster_purity(aa, yy))
-                else:
-                    self._safe(out, m, layer, lambda: M.pnmi(aa, yy))
         if "cca_phone" in res_wanted and y is not None:
             yy = torch.as_tensor(y).cpu()
             self._safe(out, "cca_phone", layer,
                        lambda: M.cca_similarity(x.cpu().double(), M.one_hot(yy).double(), method="pwcca"))
-        return out
+        return out, centroids

@@ -227,10 +227,30 @@ class ProbeSet:
         """Total duration in seconds."""
         return sum(it.num_samples for it in self.items) / self.sample_rate
 
+    def fingerprint(self) -> str:
+        """A short hash of what the probe holds: utterance ids, lengths and frame labels.
+
+        Two probes with the same fingerprint feed the model the same audio (by id and length)
+        and the label metrics the same labels, wherever their files live, so values measured
+        on them can be compared; the path is not part of it.
+
+        Returns:
+            16 hex digits.
+        """
+        import hashlib
+
+        h = hashlib.sha256()
+        for it in self.items:
+            h.update(f"{it.uid}\t{it.num_samples}\n".encode("utf-8"))
+            if it.labels is not None:
+                h.update(np.ascontiguousarray(it.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
     def describe(self) -> dict[str, object]:
-        """A small dict for records and logs."""
+        """A small dict for records and logs (with the :meth:`fingerprint`)."""
         return {"path": self.source, "utterances": len(self.items),
-                "seconds": round(self.total_seconds, 2), "labels": self.has_labels}
+                "seconds": round(self.total_seconds, 2), "labels": self.has_labels,
+                "fingerprint": self.fingerprint()}
 
     def batches(self, batch_seconds: float = 60.0, *, max_batch: int = 64) -> Iterator[ProbeBatch]:
         """Yield padded batches, utterances grouped by length to limit padding.

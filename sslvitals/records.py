@@ -5,7 +5,14 @@ A record is a JSON object with these fields (missing values are ``null``)::
     {"toolkit": "fairseq", "run": "hubert_tiny", "update": 400, "epoch": 2,
      "checkpoint": null, "wall_time": "2026-11-27T13:02:11+00:00", "seconds": 3.2,
      "probe": {"path": "probe.tsv", "utterances": 120, "seconds": 600.0},
-     "loss": 5.71, "metrics": {"vitals/rankme/L2": 41.3, ...}}
+     "loss": 5.71, "metrics": {"vitals/rankme/L2": 41.3, ...},
+     "settings": {"k": 1024, "kmeans_iters": 20, "reservoir_size": 40000,
+                  "silhouette_sample": 10000, "seed": 0, "backend": "auto",
+                  "max_probe_seconds": 3600.0, "probe": "<probe fingerprint>",
+                  "label_frames": "held-out", "version": "0.2.0", "device": "cpu"}}
+
+``settings`` are the values every number of the record depends on besides the model
+(:func:`sslvitals.metric_table.measurement_settings`).
 
 NaN values are written as ``NaN`` (Python's json dialect), which pandas and ``json`` read back.
 """
@@ -25,13 +32,14 @@ __all__ = ["make_record", "append_record", "read_records"]
 logger = logging.getLogger(__name__)
 
 _FIELDS = ("toolkit", "run", "update", "epoch", "checkpoint", "wall_time", "seconds", "probe",
-           "loss", "metrics")
+           "loss", "metrics", "settings")
 
 
 def make_record(*, toolkit: str, metrics: Mapping[str, float], run: str | None = None,
                 update: int | None = None, epoch: int | None = None,
                 checkpoint: str | None = None, seconds: float | None = None,
-                probe: Mapping[str, Any] | None = None, loss: float | None = None) -> dict[str, Any]:
+                probe: Mapping[str, Any] | None = None, loss: float | None = None,
+                settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build a record dict with every field present.
 
     Args:
@@ -44,6 +52,7 @@ def make_record(*, toolkit: str, metrics: Mapping[str, float], run: str | None =
         seconds: Wall time the measurement took.
         probe: Description of the probe set.
         loss: Validation loss at the same validation, if known.
+        settings: The measurement settings (:meth:`sslvitals.monitor.VitalsMonitor.settings`).
 
     Returns:
         The record.
@@ -59,6 +68,7 @@ def make_record(*, toolkit: str, metrics: Mapping[str, float], run: str | None =
         "probe": dict(probe) if probe else None,
         "loss": None if loss is None else float(loss),
         "metrics": {str(k): float(v) for k, v in metrics.items()},
+        "settings": dict(settings) if settings else None,
     }
 
 

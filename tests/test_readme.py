@@ -26,3 +26,13 @@ def test_readme_block(code, expected):
         exec(compile(code, str(README), "exec"), {"__name__": "readme"})
     if expected:
         assert out.getvalue().strip() == expected.strip()
+
+
+def test_readme_metric_table_is_the_code_table():
+    """The README's metric table is exactly what sslvitals.metric_table prints."""
+    from sslvitals.metric_table import markdown_table
+
+    text = README.read_text()
+    start = text.index("<!-- metric-table -->\n") + len("<!-- metric-table -->\n")
+    end = text.index("\n<!-- /metric-table -->")
+    assert text[start:end] == markdown_table()

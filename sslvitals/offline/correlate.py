@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from sslvitals.errors import SSLVitalsError
+from sslvitals.metric_table import better_of
 
 __all__ = [
     "add_arguments",
@@ -458,9 +459,12 @@ def correlate(
         allow_missing: Drop (with a warning) instead of failing on unmatched units.
 
     Returns:
-        Frame with columns ``task, direction, metric, layer, n, spearman, spearman_lo,
-        spearman_hi, spearman_p, kendall, kendall_lo, kendall_hi, kendall_p``, sorted per
-        task by ``|spearman|`` descending. Positive = higher metric, better downstream.
+        Frame with columns ``task, direction, metric, layer, n, metric_better, spearman,
+        spearman_lo, spearman_hi, spearman_p, kendall, kendall_lo, kendall_hi, kendall_p``,
+        sorted per task by ``|spearman|`` descending. Positive = higher metric, better
+        downstream. ``metric_better`` is the metric's own better direction from
+        :mod:`sslvitals.metric_table` (empty for the loss and unknown columns), so a
+        negative rho on a ``lower`` metric reads as "the better-clustered model did better".
     """
     values, scores = join_downstream(results, downstream, step=step, allow_missing=allow_missing)
     rows = []
@@ -473,7 +477,7 @@ def correlate(
             x = g.reindex(common).to_numpy(float)
             y = good.reindex(common).to_numpy(float)
             row = {"task": task, "direction": direction, "metric": metric,
-                   "layer": layer, "n": len(common)}
+                   "layer": layer, "n": len(common), "metric_better": better_of(str(metric))}
             if len(common) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
                 reason = "fewer than 3 units" if len(common) < 3 else "constant values"
                 logger.debug("no correlation for %s L%s on %s: %s", metric, layer, task, reason)

@@ -33,6 +33,8 @@ __all__ = [
     "write_results",
     "check_duplicates",
     "normalise",
+    "SETTING_COLUMNS",
+    "settings_columns",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,31 @@ COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "layer", "metric", "val
 #: Columns that identify one number; a table never holds two rows with the same key.
 KEY_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "layer", "metric")
 
+#: Columns that record the settings a value was measured with (one per setting of
+#: :func:`sslvitals.metric_table.measurement_settings`, the probe as its fingerprint).
+SETTING_COLUMNS: tuple[str, ...] = ("k", "kmeans_iters", "reservoir_size", "silhouette_sample",
+                                    "seed", "backend", "max_probe_seconds", "probe_fingerprint",
+                                    "label_frames", "version", "device")
+
+_TEXT_SETTINGS = ("backend", "probe_fingerprint", "label_frames", "version", "device")
+
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def settings_columns(settings: dict | None) -> dict:
+    """Map a record's ``settings`` dict to the :data:`SETTING_COLUMNS` of a row.
+
+    Args:
+        settings: :func:`sslvitals.metric_table.measurement_settings` output, or None (a
+            record written before settings were recorded: every column is empty).
+
+    Returns:
+        ``{column: value}`` for every setting column.
+    """
+    settings = settings or {}
+    out = {c: settings.get(c) for c in SETTING_COLUMNS}
+    out["probe_fingerprint"] = settings.get("probe")
+    return out
 
 
 def _empty_frame() -> pd.DataFrame:
@@ -126,7 +152,7 @@ def read_score_file(path: str | os.PathLike[str]) -> pd.DataFrame:
             rows = data.get("rows", []) if isinstance(data, dict) else data
             frame = pd.DataFrame(rows) if rows else _empty_frame()
         else:
-            frame = pd.read_csv(p, keep_default_na=True)
+            frame = pd.read_csv(p, keep_default_na=True, dtype={c: str for c in _TEXT_SETTINGS})
     except (OSError, ValueError) as exc:
         raise SSLVitalsError(f"cannot read results file {p}: {exc}") from exc
     if frame.empty and len(frame.columns) == 0:
@@ -161,6 +187,7 @@ def records_to_frame(records: Iterable[dict], *, source: str = "records") -> pd.
         if step is None:
             step = rec.get("epoch")
         loss = rec.get("loss")
+        setting_values = settings_columns(rec.get("settings"))
         for key, value in metrics.items():
             parsed = parse_key(str(key))
             if parsed is None:
@@ -175,6 +202,7 @@ def records_to_frame(records: Iterable[dict], *, source: str = "records") -> pd.
                     "value": math.nan if value is None else value,
                     "toolkit": rec.get("toolkit") or "",
                     "loss": math.nan if loss is None else loss,
+                    **setting_values,
                 }
             )
     return normalise(pd.DataFrame(rows)) if rows else _empty_frame()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sslvitals.errors import SSLVitalsError
+from sslvitals.metric_table import display_name
 
 __all__ = [
     "add_arguments",
@@ -147,7 +148,7 @@ def plot_metric_vs_update(
                 ax.plot(line["step"].astype(float), line["value"], styles[r_i % len(styles)],
                         marker=markers[r_i % len(markers)] if len(line) < 12 else None,
                         color=colour_of[layer], label=f"{run_name}" if layer == layer_ids[0] else None)
-        ax.set_title(metric.replace("_", " "), pad=2)
+        ax.set_title(display_name(metric), pad=2)
         ax.tick_params(length=2, pad=1)
         ax.grid(alpha=0.25, linewidth=0.4)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
@@ -210,7 +211,7 @@ def plot_heatmaps(frame: pd.DataFrame, out_prefix: str | Path,
                            ha="right" if not single_run or len(cols) > 6 else "center")
         ax.set_xlabel("update" if single_run else "run:update")
         ax.set_ylabel("layer")
-        ax.set_title(metric.replace("_", " "), pad=3)
+        ax.set_title(display_name(metric), pad=3)
         ax.tick_params(length=2, pad=1)
         cbar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
         cbar.ax.tick_params(length=2)

@@ -91,14 +91,59 @@ def test_monitor_matches_independent_references(tmp_path):
     from sslvitals.metrics import assign, kmeans
     from sslvitals.streaming import frame_keys
 
-    # the reservoir holds every frame here, in the order of their hash keys
-    keys = np.concatenate([np.asarray(frame_keys(it.index, len(u), 0)) for it, u in zip(probe.items, per_layer[2])])
-    x = np.concatenate(per_layer[2]).astype(np.float32)[np.argsort(keys, kind="stable")]
+    # the reservoir holds every frame of the even-indexed utterances, in the order of their keys
+    fit = [(it, u) for it, u in zip(probe.items, per_layer[2]) if it.index % 2 == 0]
+    keys = np.concatenate([np.asarray(frame_keys(it.index, len(u), 0)) for it, u in fit])
+    x = np.concatenate([u for _, u in fit]).astype(np.float32)[np.argsort(keys, kind="stable")]
     km = kmeans(x, 4, niter=10, seed=0, backend="faiss")
     lab, sq = assign(x, km.centroids)
     assert out[metric_key("davies_bouldin", 2)] == pytest.approx(
         sklearn_metrics.davies_bouldin_score(x, lab.numpy()), rel=1e-3)
     assert out[metric_key("inertia", 2)] == pytest.approx(float(sq.double().mean()), rel=1e-3)
+    # label metrics: every frame of the odd-indexed (held-out) utterances, assigned to those
+    # centroids; purities and PNMI with the HuBERT teacher-quality formulas on sklearn's counts
+    held = [(it, u) for it, u in zip(probe.items, per_layer[2]) if it.index % 2 == 1]
+    xh = np.concatenate([u for _, u in held]).astype(np.float32)
+    yh = np.concatenate([align_labels(it.labels, len(u), 50.0) for it, u in held])
+    d = ((xh[:, None, :].astype(np.float64) - km.centroids.double().numpy()[None]) ** 2).sum(-1)
+    ch = d.argmin(1)
+    from sklearn.metrics.cluster import contingency_matrix
+
+    c = contingency_matrix(yh, ch).astype(np.float64)  # phones x clusters
+    p = c / c.sum()
+    px, py = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * np.log(p[nz] / np.outer(px, py)[nz])).sum()
+    assert out[metric_key("pnmi", 2)] == pytest.approx(mi / -(px * np.log(px)).sum(), rel=1e-6)
+    assert out[metric_key("phone_purity", 2)] == pytest.approx(c.max(0).sum() / c.sum(), rel=1e-9)
+    assert out[metric_key("cluster_purity", 2)] == pytest.approx(c.max(1).sum() / c.sum(), rel=1e-9)
+
+
+def test_label_metrics_are_held_out_and_need_no_rereadable_batches(tmp_path):
+    """A one-shot iterator (kept for the second pass) and a callable that re-reads the probe
+    give the same values."""
+    probe = ProbeSet.from_path(write_probe(tmp_path, n_utts=10))
+    model = tiny_hubert()
+    cfg = small_cfg(metrics="pnmi,phone_purity,cluster_purity,inertia", layers="1,2")
+    once = VitalsMonitor(cfg).measure(model, forward, probe.batches(batch_seconds=3.0))
+    again = VitalsMonitor(cfg).measure(model, forward, lambda: probe.batches(batch_seconds=3.0))
+    assert {k: v for k, v in once.items() if k != "vitals/seconds"} == \
+        {k: v for k, v in again.items() if k != "vitals/seconds"}
+    for layer in (1, 2):
+        assert 0 < once[metric_key("pnmi", layer)] <= 1
+
+
+def test_batches_without_utterance_index_raise(tmp_path):
+    probe = ProbeSet.from_path(write_probe(tmp_path, n_utts=4))
+    model = tiny_hubert()
+
+    def no_index():
+        for b in probe.batches(batch_seconds=3.0):
+            b.index = None
+            yield b
+
+    with pytest.raises(SSLVitalsError, match="no utterance indices"):
+        VitalsMonitor(small_cfg(metrics="rankme,inertia")).measure(model, forward, no_index())
 
 
 def test_monitor_layer_selection_and_errors(tmp_path):

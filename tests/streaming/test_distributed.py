@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pickle
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,7 @@ def _rel(a: float, b: float) -> float:
 
 @pytest.mark.timeout(120)
 def test_two_process_gloo_sync_equals_one_process(tmp_path):
-    start = time.perf_counter()
     mp.spawn(W.worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    elapsed = time.perf_counter() - start
     data = W.make_data()
     ref = W.one_process(data)
     lonely_accs = W.new_accumulators()
@@ -78,4 +75,3 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path):
         for name, value in lonely_ref["gram_measures"].items():
             assert _rel(lonely["gram_measures"][name], value) < 1e-9, name
         assert out["mixed_data_eps"] == float(torch.finfo(torch.bfloat16).eps)
-    assert elapsed < 60, f"2-process run took {elapsed:.1f}s"

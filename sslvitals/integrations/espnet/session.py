@@ -180,7 +180,8 @@ class VitalsSession:
         probe = dict(self.probe.describe())
         rec = make_record(toolkit="espnet", metrics=metrics, run=self.run_name, update=update,
                           epoch=epoch, seconds=seconds, probe=probe,
-                          loss=None if loss is None or not math.isfinite(loss) else loss)
+                          loss=None if loss is None or not math.isfinite(loss) else loss,
+                          settings=self.monitor.settings(probe))
         try:
             append_record(self.jsonl, rec)
         except OSError as exc:
