@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # fairseq checkpoints hold pickled objects
 
 logger = logging.getLogger("decode_ctc")
 
@@ -70,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from fairseq import checkpoint_utils, utils
 
+    from sslvitals.integrations.fairseq.safe_load import allow_fairseq_checkpoints
+
+    allow_fairseq_checkpoints()  # torch's safe loader, with the classes fairseq checkpoints hold
     if args.user_dir:
         utils.import_user_module(argparse.Namespace(user_dir=str(Path(args.user_dir).resolve())))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)

@@ -12,9 +12,6 @@
 # (the HuBERT paper used 8: distributed_training.distributed_world_size=8).
 # model._name=hubert_ctc_patched (fairseq_ctc_fix/) works around fairseq issue #4916.
 set -euo pipefail
-# fairseq 0.12 reads checkpoints (resume, model.w2v_path, feature dumps) with torch.load's default,
-# which is weights_only=True since torch 2.6 and rejects the fairseq objects inside them.
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 CONFIG=${1:?usage: finetune.sh CONFIG [overrides...]}; shift
 : "${FT_DATA:?set FT_DATA}"
 EXP=${EXP:-exp/paper}

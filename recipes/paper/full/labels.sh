@@ -13,9 +13,6 @@
 # and a torchaudio that loads with your torch (the MFCC dump calls it). Not run on the
 # project's CPU machine, whose torchaudio build cannot load its compiled library.
 set -euo pipefail
-# fairseq 0.12 reads checkpoints (resume, model.w2v_path, feature dumps) with torch.load's default,
-# which is weights_only=True since torch 2.6 and rejects the fairseq objects inside them.
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 ITER=${1:?usage: labels.sh it1|it2 [CHECKPOINT]}
 : "${DATA:?set DATA}" "${FEAT:?set FEAT}"
 NSHARD=${NSHARD:-1}
@@ -31,7 +28,9 @@ for split in train valid; do
     if [[ $ITER == it1 ]]; then
       python "$SK/dump_mfcc_feature.py" "$DATA" "$split" "$NSHARD" "$rank" "$F"
     else
-      python "$SK/dump_hubert_feature.py" "$DATA" "$split" "$CKPT" 6 "$NSHARD" "$rank" "$F"
+      # run with the allow-list of the classes fairseq checkpoints hold (torch's safe loader)
+      python -m sslvitals.integrations.fairseq.safe_load "$SK/dump_hubert_feature.py" \
+        "$DATA" "$split" "$CKPT" 6 "$NSHARD" "$rank" "$F"
     fi
   done
 done

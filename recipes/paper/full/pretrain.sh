@@ -14,9 +14,6 @@
 # The stock recipe trains on 32 GPUs (4 nodes x 8); on fewer, keep the batch with e.g.
 #   distributed_training.distributed_world_size=8 optimization.update_freq='[4]'
 set -euo pipefail
-# fairseq 0.12 reads checkpoints (resume, model.w2v_path, feature dumps) with torch.load's default,
-# which is weights_only=True since torch 2.6 and rejects the fairseq objects inside them.
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 CONFIG=${1:?usage: pretrain.sh CONFIG [overrides...]}; shift
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
@@ -31,7 +28,8 @@ esac
 FAIRSEQ_CONFIG=$(python -c 'import fairseq, os; print(os.path.join(os.path.dirname(fairseq.__file__), "examples/hubert/config/pretrain"))')
 RUN_DIR=$EXP/pretrain/$CONFIG
 mkdir -p "$RUN_DIR"
-# fairseq resumes from $RUN_DIR/checkpoints/checkpoint_last.pt when it exists.
+# fairseq resumes from $RUN_DIR/checkpoints/checkpoint_last.pt when it exists (rerun the same
+# command after an interruption); the plugin lets torch's safe loader read it.
 fairseq-hydra-train \
   --config-dir "$FAIRSEQ_CONFIG" --config-name hubert_base_librispeech \
   "hydra.searchpath=[file://$HERE/fairseq,file://$REPO/recipes/fairseq]" \

@@ -14,7 +14,8 @@ Usage::
         --out exp/pretrain/it1_mask080/stock
     python recipes/paper/full/strip_vitals.py ckpt.pt --out ckpt_stock.pt
 
-Only load checkpoints you trust: they are unpickled (``torch.load(weights_only=False)``).
+Checkpoints are read with torch's safe loader and the allow-list of the classes fairseq
+checkpoints hold (``sslvitals.integrations.fairseq.safe_load``); nothing else is unpickled.
 """
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ def strip_state(state: dict) -> bool:
 
 def strip_file(src: Path, dst: Path) -> bool:
     """Write ``dst``, a copy of ``src`` with the stock task; returns whether anything changed."""
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    from sslvitals.integrations.fairseq.safe_load import load_fairseq_file
+
+    state = load_fairseq_file(src)
     changed = strip_state(state)
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, dst)

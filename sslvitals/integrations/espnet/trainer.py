@@ -17,6 +17,14 @@ through its ``trainer`` attribute, and the task's parser gets the trainer's opti
 
 The measurement adds one step to the validation reporter (its ``total_count`` grows by one
 per measured epoch).
+
+Restarts (``--resume true``): ESPnet restores the reporter, so epochs and iteration counts
+continue where ``checkpoint.pth`` left them, and the schedule (``every_n_validations``) is a
+function of the epoch. The first training epoch of a process tells the trainer where training
+(re)starts (the epoch before it); records of this run after that epoch describe training the
+run repeats (the process died between the measurement and ``checkpoint.pth``, or the run started
+again from scratch) and are moved to ``vitals.jsonl.discarded``, so the file holds one record per
+measured epoch, without duplicates or gaps (:mod:`sslvitals.integrations.resume`).
 """
 from __future__ import annotations
 
@@ -137,6 +145,8 @@ class VitalsTrainer(Trainer):
     session: ClassVar[Optional[VitalsSession]] = None
     #: Training iterations so far (the ``update`` of the records).
     iterations: ClassVar[int] = 0
+    #: The epoch the checkpoint restored (0 for a fresh start); None before the first epoch.
+    restarted_at: ClassVar[Optional[int]] = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -159,6 +169,7 @@ class VitalsTrainer(Trainer):
         """Set up the measurements (and check them on the model), then train as ESPnet does."""
         cls.session = None
         cls.iterations = 0
+        cls.restarted_at = None
         cfg = resolve_config(getattr(trainer_options, "vitals_config", None),
                              getattr(trainer_options, "vitals", None))
         if cfg.enabled:
@@ -185,10 +196,38 @@ class VitalsTrainer(Trainer):
         )
 
     @classmethod
+    def on_train_start(cls, epoch: int) -> None:
+        """Called before the first training epoch of the process, ``epoch`` being that epoch.
+
+        Rank 0 moves this run's records after ``epoch - 1`` (the epoch ``checkpoint.pth``
+        restored; 0 for a fresh start) out of the JSON-lines file.
+        """
+        cls.restarted_at = int(epoch) - 1
+        session = cls.session
+        if session is None:
+            return
+        from sslvitals import distributed as dist
+        from sslvitals.integrations.resume import RunRecords
+
+        if dist.rank() != 0:
+            return
+        try:
+            RunRecords(session.jsonl, session.run_name, key="epoch").restart_at(cls.restarted_at)
+        except OSError as exc:
+            if session.cfg.strict:
+                raise SSLVitalsError(f"cannot update {session.jsonl} for the restart at epoch "
+                                     f"{cls.restarted_at}: {exc}") from exc
+            logger.warning("sslvitals: cannot update %s at the restart (%s)", session.jsonl, exc)
+        if cls.restarted_at > 0:
+            logger.info("sslvitals: resumed after epoch %d", cls.restarted_at)
+
+    @classmethod
     def train_one_epoch(cls, **kwargs: Any) -> bool:
         """ESPnet's training epoch; remembers the iteration count for the records."""
-        result = super().train_one_epoch(**kwargs)
         reporter = kwargs.get("reporter")
+        if cls.restarted_at is None and reporter is not None:
+            cls.on_train_start(int(reporter.get_epoch()))
+        result = super().train_one_epoch(**kwargs)
         if reporter is not None:
             cls.iterations = int(reporter.get_total_count())
         return result

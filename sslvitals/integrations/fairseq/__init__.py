@@ -18,6 +18,8 @@ JSON-lines file. Modules:
 * :mod:`~sslvitals.integrations.fairseq.runner`: measurement, logging and records, task-free;
 * :mod:`~sslvitals.integrations.fairseq.tasks`: the task wrappers (imports fairseq);
 * :mod:`~sslvitals.integrations.fairseq.cli`: the ``fairseq-user-dir`` sub-command.
+* :mod:`~sslvitals.integrations.fairseq.safe_load`: the classes fairseq checkpoints hold,
+  allow-listed for torch's safe unpickler (resuming, fine-tuning, offline scoring).
 
 Importing this package imports neither fairseq nor torch.
 """

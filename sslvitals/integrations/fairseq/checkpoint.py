@@ -12,6 +12,11 @@ in the way when the training data is not at hand:
 
 MR-HuBERT (``multires_hubert``) is not part of the fairseq release on the package index; when
 the installed fairseq has no such model, s3prl's port is used (same module tree and weights).
+
+Checkpoints are read with torch's safe unpickler (``weights_only``), never with it switched
+off: the classes fairseq checkpoints hold (``Dictionary``, ``argparse.Namespace``, OmegaConf
+containers, numpy scalars) are allow-listed by :mod:`~sslvitals.integrations.fairseq.safe_load`,
+and a file holding anything else is refused with the class named.
 """
 from __future__ import annotations
 
@@ -33,15 +38,21 @@ logger = logging.getLogger(__name__)
 def read_fairseq_state(path: str) -> dict[str, Any]:
     """Read a fairseq checkpoint dict on CPU.
 
-    fairseq's own reader calls ``torch.load`` with torch's default ``weights_only=True``,
-    which rejects the pickled dictionaries and config objects many checkpoints hold; this
-    reader allows them (only load checkpoints you trust).
+    The file is read with torch's safe unpickler and the allow-list of
+    :mod:`sslvitals.integrations.fairseq.safe_load` (fairseq ``Dictionary``,
+    ``argparse.Namespace``, OmegaConf containers, numpy scalars), the classes fairseq
+    checkpoints hold; nothing else is unpickled.
 
     Raises:
-        SSLVitalsError: if the file is not a fairseq checkpoint.
+        SSLVitalsError: if the file is not a fairseq checkpoint, or holds a class outside the
+            allow-list (named in the message).
     """
+    from sslvitals.integrations.fairseq.safe_load import load_fairseq_file
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_fairseq_file(path)
+    except SSLVitalsError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torch raises several types for bad files
         raise SSLVitalsError(f"not a readable torch file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "model" not in state:

@@ -12,7 +12,16 @@
   they appear in the valid log line, the JSON log, TensorBoard and can be used as
   ``checkpoint.best_checkpoint_metric``;
 * at ``post_validate`` rank 0 appends a JSON-lines record with the validation loss
-  (``finish_validation``).
+  (``finish_validation``), under the number of updates fairseq's trainer reports for that
+  validation.
+
+Restarts (``checkpoint_last.pt``): the first training step of a process tells
+:meth:`FairseqVitals.on_train_start` the number of updates the checkpoint restored. Records of
+this run after it are moved out of the JSON-lines file (the run repeats that training), a
+validation of an update already recorded writes no second record, and the validation history
+kept in ``<save_dir>/vitals_validations.txt`` gives each validation its index in the whole run,
+so ``every_n_validations`` measures the validations an uninterrupted run would
+(:mod:`sslvitals.integrations.resume`).
 
 Nothing here imports fairseq at module level; ``log_pending`` imports ``fairseq.logging.metrics``.
 """
@@ -28,12 +37,15 @@ from sslvitals.config import LABEL_METRICS, VitalsConfig, parse_layers
 from sslvitals.errors import SSLVitalsError
 from sslvitals.keys import PREFIX, TIME_KEY, metric_key, parse_key
 
-__all__ = ["FairseqVitals", "root_config", "LOG_PRIORITY", "run_name"]
+__all__ = ["FairseqVitals", "root_config", "LOG_PRIORITY", "run_name", "HISTORY_FILE"]
 
 logger = logging.getLogger(__name__)
 
 #: Priority of the vitals keys in fairseq's log lines (after loss, accuracy and throughput).
 LOG_PRIORITY = 600
+
+#: File in ``checkpoint.save_dir`` listing every validation of the run (read on resume).
+HISTORY_FILE = "vitals_validations.txt"
 
 
 def root_config(task_cfg: Any) -> Any:
@@ -85,6 +97,13 @@ class FairseqVitals:
             is a vitals key.
         keep_best_checkpoints: ``checkpoint.keep_best_checkpoints`` (fairseq puts the metric
             name in those file names, which a vitals key, with its '/', cannot be part of).
+        max_update: ``optimization.max_update`` (0: none); a validation there that is off the
+            validation grid only happens because the run stops, and is not counted in the
+            ``every_n_validations`` schedule.
+        validate_interval_updates: ``dataset.validate_interval_updates`` (0: none).
+        save_interval_updates: ``checkpoint.save_interval_updates`` (0: none; fairseq validates
+            at every mid-epoch save).
+        validate_interval: ``dataset.validate_interval`` (epochs).
 
     Raises:
         SSLVitalsError: if the probe cannot be read or the configuration cannot work.
@@ -92,7 +111,9 @@ class FairseqVitals:
 
     def __init__(self, cfg: VitalsConfig, *, data: str | None = None, valid_subset: str = "valid",
                  save_dir: str = "checkpoints", normalize: bool = False, sample_rate: int = 16000,
-                 best_checkpoint_metric: str | None = None, keep_best_checkpoints: int = -1) -> None:
+                 best_checkpoint_metric: str | None = None, keep_best_checkpoints: int = -1,
+                 max_update: int = 0, validate_interval_updates: int = 0,
+                 save_interval_updates: int = 0, validate_interval: int = 1) -> None:
         from sslvitals.integrations.fairseq.forward import make_forward_fn
 
         self.cfg = cfg
@@ -109,6 +130,14 @@ class FairseqVitals:
         self._warned: set[str] = set()
         self.monitor: Any = None
         self.probe: Any = None
+        self.max_update = int(max_update or 0)
+        self.validate_interval_updates = int(validate_interval_updates or 0)
+        self.save_interval_updates = int(save_interval_updates or 0)
+        self.validate_interval = int(validate_interval or 1)
+        self.records: Any = None
+        self.history: Any = None
+        self.started_at: int | None = None
+        self._started = False
         if not cfg.enabled:
             return
         from sslvitals.monitor import VitalsMonitor
@@ -147,6 +176,10 @@ class FairseqVitals:
             sample_rate=int(getattr(task_cfg, "sample_rate", 16000) or 16000),
             best_checkpoint_metric=_select(root, "checkpoint.best_checkpoint_metric", None),
             keep_best_checkpoints=int(_select(root, "checkpoint.keep_best_checkpoints", -1)),
+            max_update=int(_select(root, "optimization.max_update", 0)),
+            validate_interval_updates=int(_select(root, "dataset.validate_interval_updates", 0)),
+            save_interval_updates=int(_select(root, "checkpoint.save_interval_updates", 0)),
+            validate_interval=int(_select(root, "dataset.validate_interval", 1)),
         )
 
     @property
@@ -158,6 +191,11 @@ class FairseqVitals:
     def jsonl_path(self) -> str:
         """Where the JSON-lines records go."""
         return self.cfg.jsonl or os.path.join(self.save_dir, "vitals.jsonl")
+
+    @property
+    def history_path(self) -> str:
+        """The run's validation history (beside the checkpoints it describes)."""
+        return os.path.join(self.save_dir, HISTORY_FILE)
 
     def probe_path(self) -> str:
         """The probe manifest: the validation manifest for ``probe=valid``, else the given path."""
@@ -315,15 +353,100 @@ class FairseqVitals:
             out[TIME_KEY] = time.perf_counter() - t0
             return out
 
+    # ------------------------------------------------------------------ restarts
+    def on_train_start(self, update: int | None, epoch: int | None) -> None:
+        """Called once per process when training starts or resumes (first training step).
+
+        Rank 0 moves this run's records after ``update`` out of the JSON-lines file and forgets
+        the validations after it (the run repeats that training; see
+        :mod:`sslvitals.integrations.resume`).
+
+        Args:
+            update: The number of updates the checkpoint restored (0 for a fresh start).
+            epoch: The epoch training (re)starts in.
+        """
+        if self._started or not self.enabled:
+            return
+        self._started = True
+        if update is None:
+            logger.warning("sslvitals: the number of updates at the start is unknown; records are "
+                           "not checked against the checkpoint and every_n_validations counts "
+                           "this process's validations")
+            return
+        from sslvitals.integrations.resume import RunRecords, ValidationHistory
+
+        self.started_at = int(update)
+        self.records = RunRecords(self.jsonl_path, run_name(self.save_dir), key="update")
+        if self._world()[0] != 0:
+            self.history = ValidationHistory(None)
+            return
+        try:
+            self.records.restart_at(self.started_at)
+            self.history = ValidationHistory(self.history_path)
+            self.history.restart_at(self.started_at, epoch, self.validate_interval)
+        except OSError as exc:
+            if self.cfg.strict:
+                raise SSLVitalsError(
+                    f"cannot update {self.jsonl_path} / {self.history_path} for the restart at "
+                    f"update {self.started_at}: {exc}") from exc
+            logger.warning("sslvitals: cannot update %s / %s at the restart (%s); the schedule "
+                           "counts this process's validations only", self.jsonl_path,
+                           self.history_path, exc)
+            self.history = ValidationHistory(None)
+        if self.started_at > 0:
+            logger.info("sslvitals: resumed at update %d (epoch %s); %d earlier validation(s) "
+                        "of the run known", self.started_at, epoch, len(self.history.entries))
+
+    def _forced_stop(self, update: int) -> bool:
+        """True for a validation fairseq makes only because the run stops at ``max_update``."""
+        if self.max_update <= 0 or update < self.max_update:
+            return False
+        on_grid = ((self.validate_interval_updates > 0 and update % self.validate_interval_updates == 0)
+                   or (self.save_interval_updates > 0 and update % self.save_interval_updates == 0))
+        return not on_grid
+
+    def is_due(self, step: int | None, epoch: int | None) -> bool:
+        """Whether the validation at ``step`` is measured (the same answer on every rank).
+
+        Its index in the run comes from the validation history (rank 0), so a resumed run
+        measures the validations an uninterrupted run would.
+        """
+        if step is None or self.history is None:
+            return bool(self.monitor.due())
+        due: bool | None = None
+        if self._world()[0] == 0:
+            index = self.history.index(int(step))
+            try:
+                self.history.add(int(step), epoch, stop=self._forced_stop(int(step)))
+            except OSError as exc:
+                if "history" not in self._warned:
+                    self._warned.add("history")
+                    logger.warning("sslvitals: cannot write %s (%s)", self.history_path, exc)
+            due = bool(self.monitor.due(index))
+        from sslvitals import distributed as dist
+
+        if dist.is_distributed():
+            due = bool(dist.broadcast_object(due, src=0))
+        return bool(due)
+
     def on_begin_validation(self, model: torch.nn.Module, *, step: int | None,
                             epoch: int | None) -> dict[str, float] | None:
         """Called from ``begin_valid_epoch``: measure when this validation is due.
+
+        Args:
+            model: The model.
+            step: The number of updates at this validation.
+            epoch: The epoch.
 
         Returns:
             The results when measured (also kept for :meth:`log_pending` and the record).
         """
         self.pending = None
-        if not self.enabled or not self.monitor.due():
+        if not self.enabled:
+            return None
+        if not self._started:
+            self.on_train_start(step, epoch)
+        if not self.is_due(step, epoch):
             return None
         results = self.measure(model, step=step)
         self.pending = results
@@ -347,16 +470,27 @@ class FairseqVitals:
         """Called from ``post_validate``: rank 0 appends the record of this validation.
 
         Args:
-            stats: fairseq's validation stats of the subset (for the loss).
+            stats: fairseq's validation stats of the subset (for the loss, and ``num_updates``,
+                the trainer's own count, which the record takes as its update).
 
         Returns:
-            The record written (rank 0), or None.
+            The record written (rank 0), or None (also when this run already has a record at
+            this update: a resumed run validating its checkpoint again).
         """
         if self._to_record is None:
             return None
         results, step, epoch = self._to_record
         self._to_record = None
         if self._world()[0] != 0:
+            return None
+        if stats is not None and stats.get("num_updates") is not None:
+            try:
+                step = int(stats["num_updates"])
+            except (TypeError, ValueError):
+                pass
+        if self.records is not None and self.records.recorded(step):
+            logger.info("sslvitals: update %s is already in %s; no second record", step,
+                        self.jsonl_path)
             return None
         from sslvitals.records import append_record, make_record
 
@@ -370,9 +504,12 @@ class FairseqVitals:
         record = make_record(
             toolkit="fairseq", metrics=metrics, run=run_name(self.save_dir), update=step,
             epoch=epoch, seconds=results.get(TIME_KEY), probe=self.probe.describe(), loss=loss,
+            settings=self.monitor.settings(self.probe.describe()),
         )
         try:
             append_record(self.jsonl_path, record)
+            if self.records is not None:
+                self.records.note(step)
         except OSError as exc:
             if self.cfg.strict:
                 raise SSLVitalsError(f"cannot write {self.jsonl_path}: {exc}") from exc

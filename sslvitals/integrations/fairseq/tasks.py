@@ -14,8 +14,18 @@ wrapper                                 stock task it extends
 Each wrapper's config is the stock task's config plus a ``vitals`` node; with
 ``vitals.enabled=false`` (the default) the wrapper behaves exactly like the stock task. The hooks
 used are the ones fairseq calls on every task: ``setup_task`` / ``build_model`` (start-up checks),
-``train_step`` (update counter), ``begin_valid_epoch`` (the measurement), ``valid_step`` (logging
-inside the validation aggregation) and ``post_validate`` (the JSON-lines record).
+``begin_epoch`` and ``train_step`` (where training starts or resumes), ``begin_valid_epoch`` (the
+measurement), ``valid_step`` (logging inside the validation aggregation) and ``post_validate``
+(the JSON-lines record).
+
+The update number of a validation is the trainer's: fairseq passes it to ``post_validate`` in
+the validation stats, and logs it as ``num_updates`` into the active metrics aggregators, which
+is where ``begin_valid_epoch`` reads it. (``metrics.get_meter("default", "num_updates")`` is
+wrong after a resume: restoring the checkpoint's meters replaces the ``default`` aggregator by
+a copy frozen at the restored value, while fairseq keeps logging into the original.) The first
+``train_step`` of a process receives the number of updates the checkpoint restored, which
+:meth:`~sslvitals.integrations.fairseq.runner.FairseqVitals.on_train_start` uses to keep the
+records consistent with the checkpoints after a restart.
 
 When a wrapper task is rebuilt from a checkpoint (``from_checkpoint=True``, e.g. when a
 fine-tuning recipe loads the pretrained model), the measurements stay off.
@@ -65,6 +75,7 @@ class VitalsTaskMixin:
 
     _vitals: FairseqVitals | None = None
     _vitals_update: int | None = None
+    _vitals_epoch: int | None = None
 
     @classmethod
     def setup_task(cls, cfg: Any, **kwargs: Any) -> Any:
@@ -89,19 +100,31 @@ class VitalsTaskMixin:
             self._vitals.check_model(model)
         return model
 
+    def begin_epoch(self, epoch: int, model: Any) -> None:
+        """Remember the epoch training is in (fairseq calls this when each epoch starts)."""
+        self._vitals_epoch = int(epoch)
+        parent = getattr(super(), "begin_epoch", None)
+        if parent is not None:
+            parent(epoch, model)
+
     def train_step(self, sample: Any, model: Any, criterion: Any, optimizer: Any,
                    update_num: int, ignore_grad: bool = False, **kwargs: Any) -> Any:
-        """Remember the update number (fairseq passes the count before this update)."""
+        """Remember the update number (fairseq passes the count before this update); the first
+        call of a process tells the vitals where training (re)starts."""
+        if self._vitals is not None and self._vitals_update is None:
+            self._vitals.on_train_start(int(update_num), self._vitals_epoch)
         self._vitals_update = int(update_num) + 1
         return super().train_step(  # type: ignore[misc]
             sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad, **kwargs
         )
 
     def _num_updates(self) -> int | None:
-        meter = metrics.get_meter("default", "num_updates")
-        value = getattr(meter, "val", None) if meter is not None else None
-        if value is not None:
-            return int(value)
+        """The trainer's number of updates, as it last logged it into the active aggregators."""
+        found = [getattr(agg.get("num_updates"), "val", None)
+                 for agg in metrics.get_active_aggregators()]
+        found = [int(v) for v in found if v is not None]
+        if found:
+            return max(found)
         return self._vitals_update
 
     def begin_valid_epoch(self, epoch: int, model: Any) -> None:

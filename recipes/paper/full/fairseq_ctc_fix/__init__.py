@@ -10,11 +10,19 @@ same model class with a config that carries ``autoregressive = False``. Use it w
     common.user_dir=<checkout>/recipes/paper/full/fairseq_ctc_fix model._name=hubert_ctc_patched
 
 for fine-tuning, and the same ``common.user_dir`` when decoding the fine-tuned checkpoint.
+
+Importing it also allow-lists the classes fairseq checkpoints hold for torch's safe loader, so
+that ``model.w2v_path`` (a HuBERT checkpoint with pickled label dictionaries) loads without
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
 """
 from dataclasses import dataclass, field
 
 from fairseq.models import register_model
 from fairseq.models.hubert.hubert_asr import HubertCtc, HubertCtcConfig
+
+from sslvitals.integrations.fairseq.safe_load import allow_fairseq_checkpoints
+
+allow_fairseq_checkpoints()
 
 __all__ = ["HubertCtcPatchedConfig", "HubertCtcPatched"]
 
