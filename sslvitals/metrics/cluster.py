@@ -3,7 +3,11 @@
 All functions take frames ``x`` of shape ``(N, D)`` (numpy array or torch tensor, CPU or
 CUDA) and run on the device of ``x``. Distances are computed in blocks with the identity
 ``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b`` so that a single matrix product does the heavy
-work and memory stays ``O(block x N)`` (or ``O(block x k)``), never ``O(N^2)``.
+work and memory stays ``O(block x N)`` (or ``O(block x k)``), never ``O(N^2)``. Those float32
+products run in full float32 precision even when the training script allowed TF32 or
+bfloat16 products (``torch.backends.cuda.matmul.allow_tf32``,
+``torch.set_float32_matmul_precision``): the setting is switched for the computation and
+restored afterwards, so a score does not depend on it.
 
 Scores follow scikit-learn's definitions (checked against it in the tests):
 
@@ -23,8 +27,10 @@ exactly one ``RuntimeWarning``; NaN/Inf in ``x`` raises :class:`SSLVitalsError`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +65,16 @@ _SIL_SYMMETRIC_BYTES = 1 << 30
 #: k-means++ seeding runs on at most max(this x k, _SEED_MIN) frames drawn with the seed.
 _SEED_POINTS_PER_CLUSTER = 8
 _SEED_MIN = 4096
+#: The seeding keeps all squared distances within its pool in one float32 matrix when the pool
+#: has at most this many pairs (2^27 = 512 MiB: pools of up to 11,585 frames, k <= 1448 with
+#: the default pool size) and the matrix is cheaper than the step-by-step candidate rows,
+#: i.e. n_seed <= _SEED_MATRIX_MAX_RATIO x k x (2 + ln k) (true from k = 64 on with the
+#: default pool; measured crossover near k = 50); otherwise each step's rows are computed
+#: on the fly. The route depends only on N and k, never on the device or the data.
+_SEED_MATRIX_ELEMENTS = 1 << 27
+_SEED_MATRIX_MAX_RATIO = 12
+#: Rows per tile when that matrix is filled (only the upper triangle of tiles is multiplied).
+_SEED_TILE = 1024
 
 
 @dataclass
@@ -91,6 +107,52 @@ def _rows_per_block(n_cols: int) -> int:
 
 def _float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.to(torch.float32)
+
+
+def _matmul_precision_knobs() -> list[object]:
+    """The per-backend float32 matmul precision settings this torch has (new-style API).
+
+    ``torch.backends.cuda.matmul`` (cuBLAS: ``"tf32"`` / ``"ieee"``) and
+    ``torch.backends.mkldnn.matmul`` (oneDNN on the CPU: ``"bf16"``, ``"tf32"``, ``"ieee"``);
+    older torch versions have neither, and the legacy global setting is all there is.
+    """
+    knobs = []
+    for backend in ("cuda", "mkldnn"):
+        matmul = getattr(getattr(torch.backends, backend, None), "matmul", None)
+        if matmul is not None and isinstance(getattr(matmul, "fp32_precision", None), str):
+            knobs.append(matmul)
+    return knobs
+
+
+@contextlib.contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    """Run float32 matrix products in full float32 precision inside the block.
+
+    A training script often sets ``torch.backends.cuda.matmul.allow_tf32 = True`` or
+    ``torch.set_float32_matmul_precision("high" | "medium")``: cuBLAS then multiplies float32
+    in TensorFloat32 (10 mantissa bits) and oneDNN on a CPU with bfloat16 units in bfloat16
+    pieces. Squared distances from ``||a||^2 + ||b||^2 - 2 a.b`` lose most of their digits
+    that way, so nearest centroids and silhouettes would depend on a flag of the training
+    script. This sets ``"highest"`` for the block and afterwards restores the caller's legacy
+    setting and each per-backend setting (``torch.backends.{cuda,mkldnn}.matmul
+    .fp32_precision``) exactly, also when the block raises. The setting is process-global:
+    another thread's products in the same moment also run in full precision.
+    """
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller mixed the legacy and the per-backend APIs
+        legacy = None
+    knobs = _matmul_precision_knobs()
+    saved = [knob.fp32_precision for knob in knobs]
+    try:
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for knob, value in zip(knobs, saved):
+            if knob.fp32_precision != value:
+                knob.fp32_precision = value
 
 
 def _compact_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +231,8 @@ def assign(x: ArrayLike, centroids: ArrayLike) -> tuple[torch.Tensor, torch.Tens
             f"centroids have dimension {ct.shape[1]} but x has {xt.shape[1]}; "
             "use the centroids fitted on the same layer"
         )
-    return _assign(_float32(xt), _float32(ct))
+    with _full_float32_matmul():
+        return _assign(_float32(xt), _float32(ct))
 
 
 def _assign(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,14 +253,111 @@ def _assign(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return labels, sq
 
 
+def _seed_pool(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """The frames the seeding runs on: at most ``max(8 k, 4096)`` rows of ``x`` drawn with ``gen``.
+
+    Returns ``(n_seed, D)`` (``x`` itself when it is no larger).
+    """
+    n = x.shape[0]
+    n_seed = min(n, max(_SEED_POINTS_PER_CLUSTER * k, _SEED_MIN))
+    if n_seed < n:
+        idx = torch.randperm(n, generator=gen)[:n_seed].to(x.device)
+        return x[idx]
+    return x
+
+
+def _pool_distance_rows(pool: torch.Tensor, n_candidates: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Squared distances from chosen pool frames to every pool frame.
+
+    The pool ``(n, D)`` is centred (in float64, then float32) so the product expansion keeps
+    its digits. When ``n^2 <= _SEED_MATRIX_ELEMENTS`` and
+    ``n <= _SEED_MATRIX_MAX_RATIO * n_candidates`` every pairwise squared distance is
+    computed once, in large tiles that cover only the upper triangle and are mirrored (the
+    matrix is exactly symmetric), and a step's candidates are then rows gathered from that
+    ``(n, n)`` float32 matrix; otherwise each call multiplies the candidates by the pool.
+
+    Args:
+        pool: ``(n, D)`` float32 frames.
+        n_candidates: Rows the seeding will ask for in all (``k (2 + ln k)``).
+
+    Returns:
+        A function mapping int64 indices ``(c,)`` to float32 squared distances ``(c, n)``,
+        clamped at 0, with exactly 0 at each index's own column.
+    """
+    n = pool.shape[0]
+    centre = pool.sum(dim=0, dtype=torch.float64) / n
+    p = (pool.to(torch.float64) - centre).to(torch.float32)
+    sq = p.pow(2).sum(dim=1)
+    if n * n <= _SEED_MATRIX_ELEMENTS and n <= _SEED_MATRIX_MAX_RATIO * n_candidates:
+        mat = torch.empty(n, n, dtype=torch.float32, device=pool.device)
+        for a in range(0, n, _SEED_TILE):
+            b = min(n, a + _SEED_TILE)
+            band = torch.addmm(sq[a:].unsqueeze(0), p[a:b], p[a:].t(), beta=1.0, alpha=-2.0)
+            band.add_(sq[a:b].unsqueeze(1)).clamp_(min=0.0)
+            mat[a:b, a:] = band
+            diag = band[:, : b - a]  # a product is not exactly symmetric: mirror its upper half
+            mat[a:b, a:b] = torch.triu(diag) + torch.triu(diag, diagonal=1).t()
+            for c in range(b, n, _SEED_TILE):  # mirror square tile by square tile
+                e = min(n, c + _SEED_TILE)
+                mat[c:e, a:b] = band[:, c - a : e - a].t()
+        mat.fill_diagonal_(0.0)
+        return lambda idx: mat.index_select(0, idx)
+
+    def rows(idx: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(sq.unsqueeze(0), p.index_select(0, idx), p.t(), beta=1.0, alpha=-2.0)
+        out.add_(sq.index_select(0, idx).unsqueeze(1)).clamp_(min=0.0)
+        return out.scatter_(1, idx.unsqueeze(1), 0.0)
+
+    return rows
+
+
 def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """Greedy k-means++ seeding (D^2 sampling) on a seeded subset of ``x``; returns ``(k, D)``.
 
     At every step ``2 + ln(k)`` candidates are drawn with probability proportional to the
     squared distance to the nearest chosen centre, and the one that lowers the total most is
-    kept. Random numbers come from a CPU generator and the draws are made with a cumulative
-    sum and a search on the device, so no per-step transfer to the host is needed and CPU
-    and CUDA use the same uniforms.
+    kept (the greedy variant of Arthur and Vassilvitskii's k-means++). The pool's pairwise
+    squared distances are computed up front by :func:`_pool_distance_rows` in large matrix
+    products (about ``n_seed^2 D / 2`` multiply-adds: 4 % of 20 Lloyd iterations at
+    N = 40,000, k = 1024), so a step only gathers its candidates' rows: ``O(n_seed)`` work instead of a thin
+    ``(n_seed, D) x (D, trials)`` product that streams the whole pool from memory each time.
+    The draws are those of :func:`_seed_greedy` (same pool, same uniforms). Random numbers
+    come from a CPU generator, and draws are made with a cumulative sum and a search on the
+    device, so CPU and CUDA use the same uniforms and no step waits for the host.
+
+    Args:
+        x: ``(N, D)`` float32 frames, ``N >= k``.
+        k: Number of centres.
+        seed: Seed of the pool draw and of the D^2 sampling.
+
+    Returns:
+        ``(k, D)`` centres, rows of ``x``, on ``x``'s device.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    pool = _seed_pool(x, k, gen)
+    n = pool.shape[0]
+    n_trials = 2 + int(math.log(k))
+    uniforms = torch.rand(k, n_trials, generator=gen, dtype=torch.float64).to(x.device)
+    rows_of = _pool_distance_rows(pool, k * n_trials)
+    first = (uniforms[0, :1] * n).long().clamp_(max=n - 1)
+    chosen = [first]
+    min_d2 = rows_of(first)[0]  # (n,) float32; sums and the cumulative sum are in float64
+    for j in range(1, k):
+        cum = torch.cumsum(min_d2, dim=0, dtype=torch.float64)
+        picks = torch.searchsorted(cum, uniforms[j] * cum[-1], right=True).clamp_(max=n - 1)
+        d2 = torch.minimum(rows_of(picks), min_d2.unsqueeze(0))  # (trials, n)
+        best = d2.sum(dim=1, dtype=torch.float64).argmin().view(1)
+        chosen.append(picks.index_select(0, best))
+        min_d2 = d2.index_select(0, best).squeeze(0)
+    return pool.index_select(0, torch.cat(chosen))
+
+
+def _seed_greedy(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The seeding sslvitals used before :func:`_kmeanspp`; kept for the benchmark.
+
+    Same algorithm, pool and draws, but every step multiplies the uncentred pool by its
+    candidates, ``(n_seed, D) x (D, 2 + ln k)``: about as much time as 20 Lloyd iterations at
+    k = 1024 on 40,000 frames, since each thin product streams the pool from memory.
     """
     n = x.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
@@ -274,8 +434,12 @@ def kmeans(x: ArrayLike, k: int, *, niter: int = 20, seed: int = 0, backend: str
 
     Both backends start from the same greedy k-means++ seeds (D^2 sampling with
     ``2 + ln(k)`` candidates per step, on a seeded subset of at most ``max(8 k, 4096)``
-    frames) and then run ``niter`` Lloyd iterations on all frames in
-    float32. The final labels and inertia are computed against the returned centroids.
+    frames; the subset's pairwise distances are computed up front in large matrix products,
+    so seeding costs a few per cent of the Lloyd iterations) and then run ``niter`` Lloyd
+    iterations on all frames in float32. The final labels and inertia are computed against
+    the returned centroids. The torch products run in full float32 precision whatever the
+    caller's TF32 / ``torch.set_float32_matmul_precision`` setting, which is restored
+    afterwards.
 
     Backends:
         * ``"faiss"``: ``faiss.Kmeans``; on the GPU when FAISS sees one
@@ -307,6 +471,20 @@ def kmeans(x: ArrayLike, k: int, *, niter: int = 20, seed: int = 0, backend: str
         SSLVitalsError: on fewer frames than clusters, bad arguments, NaN/Inf in ``x``, or
             ``backend="faiss"`` without FAISS installed.
     """
+    return _kmeans(x, k, niter=niter, seed=seed, backend=backend, seeding=_kmeanspp)
+
+
+def _kmeans(
+    x: ArrayLike,
+    k: int,
+    *,
+    niter: int,
+    seed: int,
+    backend: str,
+    seeding: Callable[[torch.Tensor, int, int], torch.Tensor],
+) -> KMeansResult:
+    """:func:`kmeans` with the seeding function as an argument (the benchmark passes
+    :func:`_seed_greedy` to measure the previous seeding in the same run)."""
     xt = as_tensor_2d(x, "x")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise SSLVitalsError(f"k must be a positive integer, got {k!r}")
@@ -330,32 +508,33 @@ def kmeans(x: ArrayLike, k: int, *, niter: int = 20, seed: int = 0, backend: str
     use_faiss = backend == "faiss" or (backend == "auto" and faiss is not None and xt.device.type == "cpu")
     out_device = xt.device
     x32 = _float32(xt).contiguous()
-    if use_faiss:
-        x_cpu = x32.cpu()
-        init = _kmeanspp(x_cpu, k, seed)
-        gpu = _faiss_gpus(faiss) > 0
-        x_np = x_cpu.numpy()
-        km = faiss.Kmeans(
-            x_np.shape[1],
-            k,
-            niter=int(niter),
-            seed=int(seed),
-            gpu=gpu,
-            verbose=False,
-            max_points_per_centroid=max(1, math.ceil(n / k)) + 1,
-            min_points_per_centroid=1,
-        )
-        km.train(x_np, init_centroids=init.numpy())
-        centroids = torch.from_numpy(np.ascontiguousarray(km.centroids, dtype=np.float32))
-        labels, sq = _assign(x_cpu, centroids)
-        device = "cuda" if gpu else "cpu"
-        result_backend = "faiss"
-    else:
-        centers = _kmeanspp(x32, k, seed)
-        centroids = _lloyd_torch(x32, centers, int(niter))
-        labels, sq = _assign(x32, centroids)
-        device = str(x32.device)
-        result_backend = "torch"
+    with _full_float32_matmul():  # a TF32 setting of the caller must not move the labels
+        if use_faiss:
+            x_cpu = x32.cpu()
+            init = seeding(x_cpu, k, seed)
+            gpu = _faiss_gpus(faiss) > 0
+            x_np = x_cpu.numpy()
+            km = faiss.Kmeans(
+                x_np.shape[1],
+                k,
+                niter=int(niter),
+                seed=int(seed),
+                gpu=gpu,
+                verbose=False,
+                max_points_per_centroid=max(1, math.ceil(n / k)) + 1,
+                min_points_per_centroid=1,
+            )
+            km.train(x_np, init_centroids=init.numpy())
+            centroids = torch.from_numpy(np.ascontiguousarray(km.centroids, dtype=np.float32))
+            labels, sq = _assign(x_cpu, centroids)
+            device = "cuda" if gpu else "cpu"
+            result_backend = "faiss"
+        else:
+            centers = seeding(x32, k, seed)
+            centroids = _lloyd_torch(x32, centers, int(niter))
+            labels, sq = _assign(x32, centroids)
+            device = str(x32.device)
+            result_backend = "torch"
     n_used = int(torch.unique(labels).numel())
     if n_used < k:
         logger.warning(
@@ -645,7 +824,8 @@ def silhouette_score(
         xs.sub_(centre.to(torch.float32))
     else:
         xs = (xs.to(torch.float64) - centre).to(torch.float32)
-    return float(_silhouette_samples(xs, lab[order], counts).mean())
+    with _full_float32_matmul():
+        return float(_silhouette_samples(xs, lab[order], counts).mean())
 
 
 def simplified_silhouette_score(x: ArrayLike, labels: ArrayLike) -> float:
@@ -676,12 +856,13 @@ def simplified_silhouette_score(x: ArrayLike, labels: ArrayLike) -> float:
     c_sq = c32.pow(2).sum(dim=1)
     b = torch.empty(n, dtype=torch.float64, device=xt.device)
     step = _rows_per_block(k)
-    for s in range(0, n, step):
-        xb = (xt[s : s + step].to(torch.float64) - centre).to(torch.float32)
-        d2 = torch.addmm(c_sq.unsqueeze(0), xb, c32.t(), beta=1.0, alpha=-2.0)
-        d2.add_(xb.pow(2).sum(dim=1, keepdim=True))
-        d2.scatter_(1, lab[s : s + step].unsqueeze(1), float("inf"))
-        b[s : s + step] = d2.min(dim=1).values.clamp(min=0).to(torch.float64).sqrt()
+    with _full_float32_matmul():
+        for s in range(0, n, step):
+            xb = (xt[s : s + step].to(torch.float64) - centre).to(torch.float32)
+            d2 = torch.addmm(c_sq.unsqueeze(0), xb, c32.t(), beta=1.0, alpha=-2.0)
+            d2.add_(xb.pow(2).sum(dim=1, keepdim=True))
+            d2.scatter_(1, lab[s : s + step].unsqueeze(1), float("inf"))
+            b[s : s + step] = d2.min(dim=1).values.clamp(min=0).to(torch.float64).sqrt()
     top = torch.maximum(a, b)
     s_val = (b - a) / top
     valid = (counts[lab] > 1) & (top > 0)

@@ -279,6 +279,230 @@ def test_torch_lloyd_reseeds_empty_clusters(blobs):
     assert int(torch.unique(labels).numel()) == 6
 
 
+# --------------------------------------------------------------------------- k-means++ seeding
+
+@pytest.fixture(scope="module")
+def wide_blobs():
+    """1,500 points in 256 dims from 30 blobs: wide enough that oneDNN uses its bfloat16
+    kernels for float32 products under ``set_float32_matmul_precision("medium")``."""
+    x, _ = make_blobs(n_samples=1500, n_features=256, centers=30, cluster_std=3.0,
+                      center_box=(-3, 3), random_state=4)
+    return (x + 20.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def many_blobs():
+    """3,000 points in 32 dims from 80 overlapping blobs, offset far from the origin."""
+    x, _ = make_blobs(n_samples=3000, n_features=32, centers=80, cluster_std=2.0,
+                      center_box=(-12, 12), random_state=11)
+    return (x + 60.0).astype(np.float32)
+
+
+def test_pool_distance_rows_match_float64(noisy, monkeypatch):
+    """Both ways of producing candidate rows (the tiled, mirrored matrix and rows on the fly)
+    give the float64 squared distances, symmetric, with exact zeros on the diagonal."""
+    x = torch.from_numpy(noisy[0] + 300.0)  # far from the origin: the pool is centred first
+    x64 = x.double()
+    ref = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    idx = torch.tensor([0, 5, 127, 128, 899, 5])
+    monkeypatch.setattr(C, "_SEED_TILE", 128)  # 900 rows: 7 full tiles and a partial one
+    rows_mat = C._pool_distance_rows(x, n_candidates=len(x))
+    full = rows_mat(torch.arange(len(x)))
+    assert torch.equal(full, full.t())
+    assert torch.all(full.diagonal() == 0)
+    np.testing.assert_allclose(full.double().numpy(), ref.numpy(), rtol=1e-4, atol=1e-2)
+    monkeypatch.setattr(C, "_SEED_MATRIX_ELEMENTS", 0)
+    rows_fly = C._pool_distance_rows(x, n_candidates=len(x))(idx)
+    np.testing.assert_allclose(rows_fly.double().numpy(), ref[idx].numpy(), rtol=1e-4, atol=1e-2)
+    assert torch.all(rows_fly[torch.arange(len(idx)), idx] == 0)
+
+
+@pytest.mark.parametrize("k", [1, 12, 80])
+def test_seeding_is_deterministic_under_seed(many_blobs, k):
+    x = torch.from_numpy(many_blobs)
+    a = C._kmeanspp(x, k, 3)
+    assert a.shape == (k, x.shape[1]) and a.dtype == torch.float32
+    assert torch.equal(a, C._kmeanspp(x, k, 3))
+    # every centre is a frame of x, and no frame is chosen twice on distinct data
+    hits = (a[:, None, :] == x[None, :, :]).all(-1)
+    assert torch.all(hits.sum(1) >= 1)
+    assert int(torch.unique(a, dim=0).shape[0]) == k
+    if k > 1:
+        assert not torch.equal(a, C._kmeanspp(x, k, 4))
+
+
+@pytest.mark.parametrize("path", ["matrix", "rows"])
+@pytest.mark.parametrize("tile", [1024, 97])
+def test_seeding_does_not_depend_on_how_distances_are_tiled(many_blobs, monkeypatch, path, tile):
+    """The pool is a subset (k=300 -> 2,400 frames of 3,000); the tile size and whether the
+    matrix is kept are memory settings and must not change the chosen centres."""
+    x = torch.from_numpy(many_blobs)
+    ref = C._kmeanspp(x, 300, 0)
+    monkeypatch.setattr(C, "_SEED_TILE", tile)
+    if path == "rows":
+        monkeypatch.setattr(C, "_SEED_MATRIX_ELEMENTS", 0)
+    assert torch.equal(C._kmeanspp(x, 300, 0), ref)
+
+
+@pytest.mark.parametrize("k", [12, 80, 300])
+def test_seeding_makes_the_choices_of_the_previous_greedy_seeding(many_blobs, k):
+    """Same pool, same uniforms, same greedy rule: the precomputed distances only change
+    rounding, so the centres are those of the old step-by-step seeding."""
+    x = torch.from_numpy(many_blobs)
+    assert torch.equal(C._kmeanspp(x, k, 1), C._seed_greedy(x, k, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [20, 80])
+def test_seeding_inertia_not_worse_than_the_previous_seeding(many_blobs, backend, k):
+    """Final inertia after Lloyd over 5 seeds: within 1% of (or better than) the old seeding,
+    and better than seeding with uniformly drawn frames."""
+    x = torch.from_numpy(many_blobs)
+
+    def uniform(xx, kk, seed):
+        g = torch.Generator().manual_seed(seed)
+        return xx[torch.randperm(xx.shape[0], generator=g)[:kk]]
+
+    def total(seeding):
+        return sum(C._kmeans(x, k, niter=10, seed=s, backend=backend, seeding=seeding).inertia
+                   for s in range(5))
+
+    new, old, rand = total(C._kmeanspp), total(C._seed_greedy), total(uniform)
+    assert new <= 1.01 * old
+    assert new < rand
+
+
+def test_kmeans_inertia_unchanged_by_matrix_budget(many_blobs, monkeypatch):
+    """End to end: the seeding's memory route does not move the k-means result."""
+    ref = C.kmeans(many_blobs, 80, niter=5, seed=2, backend="torch")
+    monkeypatch.setattr(C, "_SEED_MATRIX_ELEMENTS", 0)
+    res = C.kmeans(many_blobs, 80, niter=5, seed=2, backend="torch")
+    assert torch.equal(res.centroids, ref.centroids) and res.inertia == ref.inertia
+
+
+# --------------------------------------------------------------------------- TF32 guard
+
+def _precision_state():
+    """Everything a user can set about float32 matmul precision, as comparable values."""
+    out = []
+    for read in (torch.get_float32_matmul_precision,
+                 lambda: torch.backends.cuda.matmul.allow_tf32):
+        try:
+            out.append(read())
+        except RuntimeError:  # a mixed legacy / new-API state cannot be read the legacy way
+            out.append("mixed")
+    out += [knob.fp32_precision for knob in C._matmul_precision_knobs()]
+    return tuple(out)
+
+
+def _user_setting(name):
+    """Apply one of the settings a training script uses."""
+    if name == "high":
+        torch.set_float32_matmul_precision("high")
+    elif name == "medium":
+        torch.set_float32_matmul_precision("medium")
+    elif name == "allow_tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    elif name == "new_api_cuda_tf32":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    elif name == "new_api_mixed":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    else:
+        assert name == "default"
+
+
+@pytest.fixture
+def restore_precision():
+    """Put the process-wide precision back to the defaults after a test that changes it."""
+    yield
+    for knob in C._matmul_precision_knobs():
+        knob.fp32_precision = "none"
+    torch.set_float32_matmul_precision("highest")
+    for knob in C._matmul_precision_knobs():
+        knob.fp32_precision = "none"
+
+
+SETTINGS = ["default", "high", "medium", "allow_tf32", "new_api_cuda_tf32", "new_api_mixed"]
+
+
+@pytest.mark.usefixtures("restore_precision")
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_precision_guard_forces_full_float32_and_restores(setting):
+    _user_setting(setting)
+    before = _precision_state()
+    with C._full_float32_matmul():
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert all(k.fp32_precision == "ieee" for k in C._matmul_precision_knobs())
+    assert _precision_state() == before
+    with pytest.raises(ZeroDivisionError):
+        with C._full_float32_matmul():
+            raise ZeroDivisionError  # the setting comes back on an exception too
+    assert _precision_state() == before
+
+
+@pytest.mark.usefixtures("restore_precision")
+def test_precision_restored_when_a_metric_fails_inside_the_guard(noisy, monkeypatch):
+    x, _ = noisy
+    torch.set_float32_matmul_precision("medium")
+    before = _precision_state()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure inside the guarded computation")
+
+    monkeypatch.setattr(C, "_lloyd_torch", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        C.kmeans(x, 5, backend="torch")
+    assert _precision_state() == before
+
+
+def _guarded_results(x, lab, cents):
+    """Every guarded computation, as exact values."""
+    out = {}
+    for backend in [b.values[0] if hasattr(b, "values") else b for b in BACKENDS]:
+        if backend == "faiss" and not HAVE_FAISS:
+            continue
+        res = C.kmeans(x, 40, niter=5, seed=0, backend=backend)
+        out[f"kmeans_{backend}"] = (res.centroids.numpy().tobytes(), res.labels.numpy().tobytes(),
+                                    res.inertia)
+    labels, sq = C.assign(x, cents)
+    out["assign"] = (labels.numpy().tobytes(), sq.numpy().tobytes())
+    out["seeding"] = C._kmeanspp(torch.from_numpy(x), 300, 0).numpy().tobytes()
+    out["silhouette"] = C.silhouette_score(x, lab)
+    out["simplified_silhouette"] = C.simplified_silhouette_score(x, lab)
+    return out
+
+
+@pytest.mark.usefixtures("restore_precision")
+@pytest.mark.parametrize("setting", ["high", "medium", "allow_tf32", "new_api_mixed"])
+def test_results_do_not_depend_on_the_users_matmul_precision(wide_blobs, setting):
+    """Bit-identical k-means, assignment, seeding and silhouettes under a reduced-precision
+    setting; on a CPU with bfloat16 units ("medium") such products really do change."""
+    x = wide_blobs
+    lab = C.kmeans(x, 40, niter=3, seed=5, backend="torch").labels.numpy()
+    cents = x[::50] + 0.5
+    ref = _guarded_results(x, lab, cents)
+    _user_setting(setting)
+    state = _precision_state()
+    assert _guarded_results(x, lab, cents) == ref
+    assert _precision_state() == state
+
+
+@pytest.mark.usefixtures("restore_precision")
+def test_medium_precision_changes_raw_products_on_this_cpu(wide_blobs):
+    """Shows the guard is exercised: where oneDNN has bfloat16 kernels, "medium" changes a raw
+    float32 product of these frames (skipped, with the reason, on a CPU without them)."""
+    a = torch.from_numpy(wide_blobs)
+    full = a @ a.t()
+    torch.set_float32_matmul_precision("medium")
+    reduced = a @ a.t()
+    if torch.equal(full, reduced):
+        pytest.skip("this CPU has no reduced-precision float32 products: the guard is a no-op here")
+    with C._full_float32_matmul():
+        assert torch.equal(a @ a.t(), full)
+
+
 # --------------------------------------------------------------------------- degenerate & errors
 
 SCORES = [C.silhouette_score, C.davies_bouldin_score, C.calinski_harabasz_score,
@@ -387,3 +611,36 @@ def test_faiss_gpu_when_faiss_sees_one(blobs):
     res = C.kmeans(x, 6, backend="faiss")
     assert res.device == "cuda"
     assert skm.adjusted_rand_score(y, res.labels.numpy()) > 0.999
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_seeding_on_cuda_matches_cpu(many_blobs):
+    """The same uniforms drive the draws on both devices; the rounding of the distances
+    differs, and on this separated data that moves no choice."""
+    x = torch.from_numpy(many_blobs)
+    assert torch.equal(C._kmeanspp(x.cuda(), 80, 0).cpu(), C._kmeanspp(x, 80, 0))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.usefixtures("restore_precision")
+def test_cuda_results_do_not_depend_on_tf32(many_blobs, noisy):
+    x = torch.from_numpy(many_blobs).cuda()
+    xn, ln = (torch.from_numpy(a).cuda() for a in noisy)
+
+    def run():
+        res = C.kmeans(x, 80, niter=5, seed=0, backend="torch")
+        return (res.centroids.cpu(), res.labels.cpu(), res.inertia,
+                C.silhouette_score(xn, ln), C.simplified_silhouette_score(xn, ln))
+
+    ref = run()
+    raw = x @ x.t()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    tf32_changes_products = not torch.equal(x @ x.t(), raw)
+    got = run()
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    assert got[2:] == ref[2:]
+    if not tf32_changes_products:
+        pytest.skip("this GPU has no TF32 units: the comparison above did not exercise the guard")

@@ -211,6 +211,7 @@ def test_unknown_metric_and_missing_checkpoint(wav2vec2_ckpt, probe_varied, tmp_
                           metrics="rankme", **SCORE_KW)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: the GPU path "
                     "(--device auto / cuda) is exercised only on a machine with one")
 def test_cuda_scores_match_cpu(wav2vec2_ckpt, probe_varied, tmp_path):

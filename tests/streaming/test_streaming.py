@@ -355,6 +355,7 @@ def test_docstring_examples():
     assert result.attempted >= 5 and result.failed == 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_accumulators_on_cuda_match_cpu():
     rng = np.random.default_rng(8)
