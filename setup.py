@@ -35,6 +35,7 @@ setup(
         "espnet": ["espnet==202511"],
         "s3prl": ["s3prl==0.4.18"],
         "transformers": ["transformers>=4.40"],
+        "speechbrain": ["speechbrain==1.1.2"],
         "dev": ["pytest", "pytest-timeout", "scikit-learn>=1.3", "transformers>=4.40"],
     },
     entry_points={"console_scripts": ["sslvitals=sslvitals.cli:main"]},

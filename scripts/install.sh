@@ -75,6 +75,12 @@ if ! done_stage espnet; then
   mark espnet
 fi
 
+if ! done_stage speechbrain; then
+  say "SpeechBrain 1.1.2 (BEST-RQ and wav2vec 2.0 pretraining recipes)"
+  "${PIP[@]}" "speechbrain==1.1.2"
+  mark speechbrain
+fi
+
 if ! done_stage extras; then
   say "faiss-cpu, scikit-learn, transformers, s3prl, plotting, test tools"
   "${PIP[@]}" "faiss-cpu==1.15.1" scikit-learn pandas matplotlib tensorboard tqdm transformers \

@@ -742,3 +742,225 @@ def forward_signature(module: nn.Module) -> inspect.Signature | None:
         return inspect.signature(module.forward)
     except (TypeError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- SpeechBrain
+#
+# SpeechBrain keeps a model as separate modules of a recipe (``modules:`` in its HyperPyYAML);
+# the specs below recognise any module whose direct children are those parts:
+#
+# * BEST-RQ (``recipes/.../BEST-RQ``): a ``ConvolutionFrontEnd`` of 2-D convolutions over
+#   filterbanks (``CNN``) and a ``TransformerASR`` (bare, or in the ``EncoderWrapper`` that runs
+#   its encoder only) whose ``encoder`` is a ``ConformerEncoder`` / ``TransformerEncoder`` /
+#   ``BranchformerEncoder``; an ``Fbank`` child, when present, gives the hop (else SpeechBrain's
+#   default 10 ms). Layer 0 is the input of ``encoder.layers[0]`` (the CNN output through
+#   ``custom_src_module``, plus the absolute positional encoding when the attention is not
+#   ``RelPosMHAXL``); layer ``i`` is the output of ``encoder.layers[i-1]`` (element ``i`` of
+#   the encoder's ``output_hidden_states``); the final ``encoder.norm`` is not part of layer
+#   ``L``. With the recipe's 10 ms filterbanks and two stride-2 convolutions, frames are 40 ms
+#   (25 Hz); 50 Hz phone labels are resampled to that rate as for MR-HuBERT's 25 Hz layers.
+# * wav2vec 2.0 (``recipes/.../wav2vec2``): a ``W2VLatentExtractor`` and the wav2vec
+#   ``EncoderWrapper`` (``input_projector``, positional encoding, ``latent_encoder``). Layer 0
+#   is the input of ``latent_encoder.layers[0]`` (projected latents plus positional encoding);
+#   layer ``i`` the output of block ``i``; ``latent_encoder.norm`` is not part of layer ``L``.
+#   The frame rate follows the extractor's un-padded 1-D convolutions.
+# * Any other SpeechBrain ``TransformerASR`` / ``EncoderWrapper`` / bare encoder: the same
+#   numbering, frame rate unknown.
+#
+# Blocks are batch-first and get ``src_key_padding_mask`` (True at padded frames).
+
+_SB_ENCODERS = ("ConformerEncoder", "TransformerEncoder", "BranchformerEncoder")
+#: Hop of SpeechBrain's ``Fbank`` (``hop_length=10`` ms) when the model holds no Fbank.
+_SB_DEFAULT_HOP_SECONDS = 0.010
+
+
+def _is_speechbrain(m: nn.Module | None) -> bool:
+    return m is not None and type(m).__module__.startswith("speechbrain.")
+
+
+def _sb_encoder_path(m: nn.Module | None) -> str | None:
+    """Path, relative to ``m``, of the SpeechBrain encoder that holds the blocks (``layers``):
+    ``m`` itself, ``m.encoder`` (``TransformerASR``) or ``m.transformer.encoder``
+    (``EncoderWrapper``); None when there is none."""
+    for path in ("", "encoder", "transformer.encoder"):
+        enc = m if not path else _child(m, path)
+        if (_is_speechbrain(enc) and type(enc).__name__ in _SB_ENCODERS
+                and _is_block_list(_child(enc, "layers"))):
+            return path
+    return None
+
+
+def _speechbrain_block_mask(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """SpeechBrain blocks get ``src_key_padding_mask`` ``(B, T)``, True at padded frames."""
+    m = _arg(args, kwargs, "src_key_padding_mask", 2)
+    if not isinstance(m, torch.Tensor) or m.dim() != 2:
+        return None
+    return ~m.bool()
+
+
+def _speechbrain_input_lengths(bound: inspect.BoundArguments) -> torch.Tensor | None:
+    """``forward(wavs (B, S), wav_lens (B,) relative lengths)``, SpeechBrain's convention."""
+    wav = _first_tensor_argument(bound)
+    if not isinstance(wav, torch.Tensor) or wav.dim() != 2:
+        return None
+    rel = bound.arguments.get("wav_lens")
+    if rel is None:
+        return torch.full((wav.shape[0],), wav.shape[1], dtype=torch.int64, device=wav.device)
+    if isinstance(rel, torch.Tensor) and rel.shape == (wav.shape[0],):
+        return torch.round(rel.double() * wav.shape[1]).to(torch.int64)
+    return None
+
+
+def _sb_children(m: nn.Module, class_name: str) -> list[tuple[str, nn.Module]]:
+    return [(n, c) for n, c in m.named_children()
+            if _is_speechbrain(c) and type(c).__name__ == class_name]
+
+
+def _sb_encoder_children(m: nn.Module) -> list[tuple[str, str]]:
+    """``(child name, encoder path inside it)`` of the direct children holding an encoder."""
+    out = []
+    for name, child in m.named_children():
+        path = _sb_encoder_path(child)
+        if path is not None:
+            out.append((name, path))
+    return out
+
+
+def _sb_cnn_time_stride(cnn: nn.Module) -> int:
+    """Time subsampling of a SpeechBrain 2-D ``ConvolutionFrontEnd``: the product of the time
+    strides of its ``speechbrain.nnet.CNN.Conv2d`` layers (time is the last axis the inner
+    ``nn.Conv2d`` sees, the first one with ``swap=True``)."""
+    factor = 1
+    for mod in cnn.modules():
+        if _is_speechbrain(mod) and type(mod).__name__ == "Conv2d":
+            stride = tuple(getattr(mod, "stride", (1, 1)))
+            factor *= int(stride[0] if getattr(mod, "swap", False) else stride[-1])
+    return factor
+
+
+def _sb_has_conv2d(cnn: nn.Module) -> bool:
+    return any(isinstance(mod, nn.Conv2d) for mod in cnn.modules())
+
+
+def _match_sb_bestrq(m: nn.Module) -> bool:
+    cnns = [c for _, c in _sb_children(m, "ConvolutionFrontEnd") if _sb_has_conv2d(c)]
+    return len(cnns) == 1 and len(_sb_encoder_children(m)) == 1
+
+
+def _sb_numbering(enc_path: str, absolute_pos: bool, front: str) -> str:
+    return (f"layer 0 = {enc_path}.layers[0] input ({front}"
+            + (" + absolute positional encoding" if absolute_pos else "")
+            + f"); layer i = {enc_path}.layers[i-1] output (output_hidden_states[i]); "
+            f"{enc_path}.norm is not applied to layer L")
+
+
+def _build_sb_bestrq(m: nn.Module, path: str, sample_rate: int) -> LayerPlan:
+    (cnn_name, cnn), = [(n, c) for n, c in _sb_children(m, "ConvolutionFrontEnd")
+                        if _sb_has_conv2d(c)]
+    (holder, enc_rel), = _sb_encoder_children(m)
+    enc_path = _join(holder, enc_rel)
+    fbanks = _sb_children(m, "Fbank")
+    hop = None
+    if fbanks:
+        stft = getattr(fbanks[0][1], "compute_STFT", None)
+        hop = getattr(stft, "hop_length", None)
+    if not isinstance(hop, int) or hop <= 0:
+        hop = int(round(sample_rate * _SB_DEFAULT_HOP_SECONDS))
+    transformer = _child(m, holder) if enc_rel in ("encoder", "transformer.encoder") else None
+    if transformer is not None and enc_rel == "transformer.encoder":
+        transformer = _child(transformer, "transformer")
+    absolute = (transformer is not None
+                and getattr(transformer, "attention_type", None) not in ("RelPosMHAXL", "RoPEMHA",
+                                                                         "hypermixing")
+                and getattr(transformer, "positional_encoding_type", None) == "fixed_abs_sine")
+    blocks = _blocks(_child(m, _join(enc_path, "layers")), _join(path, enc_path, "layers"))
+    front = f"{cnn_name} output" + (" through custom_src_module" if transformer is not None else "")
+    return LayerPlan(
+        architecture=f"speechbrain.BEST-RQ[{type(_child(m, enc_path)).__name__}]",
+        root=m,
+        root_path=path,
+        blocks=blocks,
+        block_stage=[0] * len(blocks),
+        stages=[()],
+        time_first=False,
+        read_mask=_speechbrain_block_mask,
+        read_input_lengths=_speechbrain_input_lengths,
+        conv_stack=None,  # 'same'-padded 2-D convolutions over filterbank frames
+        hop=hop * _sb_cnn_time_stride(cnn),
+        sample_rate=sample_rate,
+        layerdrop=_max_layerdrop(m.modules()),
+        numbering=_sb_numbering(enc_path, absolute, front),
+    )
+
+
+def _is_sb_w2v_wrapper(m: nn.Module | None) -> bool:
+    return (_is_speechbrain(m) and type(m).__name__ == "EncoderWrapper"
+            and _child(m, "input_projector") is not None
+            and _sb_encoder_path(_child(m, "latent_encoder")) == "")
+
+
+def _match_sb_wav2vec2(m: nn.Module) -> bool:
+    if _is_sb_w2v_wrapper(m):
+        return True
+    wrappers = [n for n, c in m.named_children() if _is_sb_w2v_wrapper(c)]
+    return len(wrappers) == 1 and len(_sb_children(m, "W2VLatentExtractor")) == 1
+
+
+def _build_sb_wav2vec2(m: nn.Module, path: str, sample_rate: int) -> LayerPlan:
+    if _is_sb_w2v_wrapper(m):
+        holder, extractor = "", None
+    else:
+        holder = next(n for n, c in m.named_children() if _is_sb_w2v_wrapper(c))
+        extractor = _sb_children(m, "W2VLatentExtractor")[0][1]
+    enc_path = _join(holder, "latent_encoder")
+    conv_stack, hop = conv_frontend(extractor)
+    blocks = _blocks(_child(m, _join(enc_path, "layers")), _join(path, enc_path, "layers"))
+    return LayerPlan(
+        architecture="speechbrain.wav2vec2",
+        root=m,
+        root_path=path,
+        blocks=blocks,
+        block_stage=[0] * len(blocks),
+        stages=[()],
+        time_first=False,
+        read_mask=_speechbrain_block_mask,
+        read_input_lengths=_speechbrain_input_lengths if extractor is not None else None,
+        conv_stack=conv_stack,
+        hop=hop,
+        sample_rate=sample_rate,
+        layerdrop=_max_layerdrop(m.modules()),
+        numbering=_sb_numbering(enc_path, True, "input_projector output"),
+    )
+
+
+def _match_sb_encoder(m: nn.Module) -> bool:
+    return _sb_encoder_path(m) is not None
+
+
+def _build_sb_encoder(m: nn.Module, path: str, sample_rate: int) -> LayerPlan:
+    enc_rel = _sb_encoder_path(m) or ""
+    blocks = _blocks(_child(m, _join(enc_rel, "layers")), _join(path, enc_rel, "layers"))
+    return LayerPlan(
+        architecture=f"speechbrain.{type(m).__name__}",
+        root=m,
+        root_path=path,
+        blocks=blocks,
+        block_stage=[0] * len(blocks),
+        stages=[()],
+        time_first=False,
+        read_mask=_speechbrain_block_mask,
+        read_input_lengths=None,
+        conv_stack=None,
+        hop=None,
+        sample_rate=sample_rate,
+        layerdrop=_max_layerdrop(m.modules()),
+        numbering=_sb_numbering(enc_rel or type(m).__name__, False, "the encoder's input"),
+    )
+
+
+SPECS = (
+    *SPECS,
+    ArchitectureSpec("speechbrain-wav2vec2", _match_sb_wav2vec2, _build_sb_wav2vec2),
+    ArchitectureSpec("speechbrain-bestrq", _match_sb_bestrq, _build_sb_bestrq),
+    ArchitectureSpec("speechbrain-encoder", _match_sb_encoder, _build_sb_encoder),
+)

@@ -14,22 +14,30 @@ Kinds:
   directory (``config.yaml`` + ``<N>epoch.pth`` files: one entry per epoch).
 * ``transformers``: a directory with ``config.json`` (``save_pretrained`` output), loaded
   from local files only.
+* ``speechbrain``: a ``CKPT+*`` folder (``CKPT.yaml`` inside) written by a SpeechBrain
+  ``Checkpointer``, with the recipe's ``hyperparams.yaml`` in the experiment folder above it;
+  the recipe's ``save`` folder, or its output folder, stands for every ``CKPT+*`` in it.
+
+``LoadedModel`` (what every loader returns) lives in :mod:`sslvitals.loaded` and is
+re-exported here.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from sslvitals.errors import SSLVitalsError
+from sslvitals.loaded import ForwardFn, LoadedModel, normalise_waveforms
 
 __all__ = [
     "LoadedModel",
+    "ForwardFn",
     "CheckpointSpec",
     "expand_checkpoints",
     "detect_kind",
@@ -40,41 +48,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ForwardFn = Callable[[torch.nn.Module, Any], Any]
-
 _FAIRSEQ_SKIP = ("checkpoint_last.pt", "checkpoint_best.pt")
 _ESPNET_EPOCH = re.compile(r"^(\d+)epoch\.pth$")
 _HF_STEP = re.compile(r"^checkpoint-(\d+)$")
 _FAIRSEQ_STEP = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to be measured.
-
-    Attributes:
-        model: The module (eval mode, on the requested device).
-        forward_fn: ``forward_fn(model, batch)`` runs one forward pass on a
-            :class:`~sslvitals.probe.ProbeBatch` (no masking, no dropout).
-        toolkit: ``"fairseq"``, ``"espnet"``, ``"transformers"`` or ``"s3prl"``.
-        kind: Model family, e.g. ``"hubert"``, ``"wav2vec2"``, ``"multires_hubert"``.
-        step: Number of updates (fairseq, transformers) or epoch (ESPnet), or None.
-        loss: Validation loss stored in the checkpoint, or None.
-        tap_layers: Optional ``LayerTap`` layers override (None: LayerTap finds them).
-        info: Free-form details for logs.
-
-    How the probe is cut into forward passes is not the loader's business: the monitor
-    applies :mod:`sslvitals.batching` to every model.
-    """
-
-    model: torch.nn.Module
-    forward_fn: ForwardFn
-    toolkit: str
-    kind: str
-    step: int | None = None
-    loss: float | None = None
-    tap_layers: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,32 +60,13 @@ class CheckpointSpec:
 
     Attributes:
         path: The checkpoint as named in the output (normalised, not resolved).
-        kind: ``"fairseq"``, ``"espnet"`` or ``"transformers"``.
+        kind: ``"fairseq"``, ``"espnet"``, ``"transformers"`` or ``"speechbrain"``.
         config: ESPnet ``config.yaml`` (ESPnet only).
     """
 
     path: str
     kind: str
     config: str | None = None
-
-
-def normalise_waveforms(wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Zero-mean, unit-variance per utterance over its valid samples (padding stays 0).
-
-    This is what fairseq's ``task.normalize=true`` (wav2vec 2.0 / HuBERT Large) expects.
-
-    Args:
-        wav: ``(B, T)`` waveforms.
-        lengths: ``(B,)`` valid samples.
-
-    Returns:
-        ``(B, T)`` normalised waveforms.
-    """
-    out = torch.zeros_like(wav)
-    for i, n in enumerate(lengths.tolist()):
-        seg = wav[i, :n]
-        out[i, :n] = (seg - seg.mean()) / torch.sqrt(seg.var(unbiased=False) + 1e-5)
-    return out
 
 
 def _espnet_entries(directory: Path, config: Path) -> list[CheckpointSpec]:
@@ -149,9 +107,12 @@ def detect_kind(path: str | os.PathLike[str]) -> CheckpointSpec:
     if p.is_dir():
         if (p / "config.json").is_file():
             return CheckpointSpec(name, "transformers")
+        if _is_speechbrain_ckpt(p):
+            return CheckpointSpec(name, "speechbrain")
         if (p / "config.yaml").is_file():
             raise SSLVitalsError(f"{path} is an ESPnet directory; expand it with expand_checkpoints")
-        raise SSLVitalsError(f"{path} is a directory without config.json or config.yaml")
+        raise SSLVitalsError(f"{path} is a directory without config.json, config.yaml or "
+                             "CKPT.yaml (a SpeechBrain CKPT+* folder)")
     if p.suffix == ".pth":
         for cand in (p.parent / "config.yaml", p.parent.parent / "config.yaml"):
             if cand.is_file():
@@ -164,8 +125,8 @@ def detect_kind(path: str | os.PathLike[str]) -> CheckpointSpec:
         return CheckpointSpec(name, "fairseq")
     raise SSLVitalsError(
         f"cannot tell what kind of checkpoint {path} is: expected a fairseq .pt file, an ESPnet "
-        ".pth file / experiment directory (config.yaml), or a transformers model directory "
-        "(config.json)"
+        ".pth file / experiment directory (config.yaml), a transformers model directory "
+        "(config.json) or a SpeechBrain CKPT+* folder (CKPT.yaml)"
     )
 
 
@@ -176,7 +137,10 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[Checkpoi
     (``config.yaml``: every ``<N>epoch.pth``), or a folder of checkpoints: its fairseq
     ``*.pt`` files (``checkpoint_last.pt`` / ``checkpoint_best.pt`` skipped: they copy a
     numbered one; name them explicitly to score them), transformers ``checkpoint-N``
-    sub-directories and ESPnet sub-directories.
+    sub-directories and ESPnet sub-directories. A SpeechBrain ``CKPT+*`` folder is one
+    checkpoint; a SpeechBrain ``save`` folder, or the output folder above it, gives every
+    ``CKPT+*`` in it (in name order, which is time order); sub-directories holding either are
+    expanded the same way.
 
     Raises:
         SSLVitalsError: when a path does not exist or a folder holds no checkpoint.
@@ -188,6 +152,10 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[Checkpoi
             raise SSLVitalsError(f"checkpoint {raw} does not exist")
         if p.is_dir() and (p / "config.json").is_file():
             specs.append(CheckpointSpec(os.path.normpath(str(raw)), "transformers"))
+        elif p.is_dir() and _is_speechbrain_ckpt(p):
+            specs.append(CheckpointSpec(os.path.normpath(str(raw)), "speechbrain"))
+        elif p.is_dir() and _speechbrain_ckpts(p):
+            specs.extend(_speechbrain_ckpts(p))
         elif p.is_dir() and (p / "config.yaml").is_file():
             specs.extend(_espnet_entries(p, p / "config.yaml"))
         elif p.is_dir():
@@ -203,12 +171,15 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[Checkpoi
                     found.append(CheckpointSpec(os.path.normpath(str(child)), "transformers"))
                 elif child.is_dir() and (child / "config.yaml").is_file():
                     found.extend(_espnet_entries(child, child / "config.yaml"))
+                elif child.is_dir() and _speechbrain_ckpts(child):
+                    found.extend(_speechbrain_ckpts(child))
             if skipped:
                 logger.info("%s: skipping %s (copies of numbered checkpoints)", p, ", ".join(skipped))
             if not found:
                 raise SSLVitalsError(
                     f"folder {raw} holds no checkpoint (.pt files, model directories with "
-                    "config.json, ESPnet directories with config.yaml)"
+                    "config.json, ESPnet directories with config.yaml, SpeechBrain CKPT+* "
+                    "folders)"
                 )
             specs.extend(found)
         else:
@@ -222,6 +193,23 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[Checkpoi
     return list(unique.values())
 
 
+def _is_speechbrain_ckpt(p: Path) -> bool:
+    """A SpeechBrain checkpoint folder: ``CKPT+<name>`` holding ``CKPT.yaml``."""
+    return p.name.startswith("CKPT+") and (p / "CKPT.yaml").is_file()
+
+
+def _speechbrain_ckpts(p: Path) -> list[CheckpointSpec]:
+    """The ``CKPT+*`` folders of a SpeechBrain ``save`` folder (or of ``<p>/save``), by name."""
+    for folder in (p, p / "save"):
+        if not folder.is_dir():
+            continue
+        found = [c for c in sorted(folder.iterdir(), key=_natural_key)
+                 if c.is_dir() and _is_speechbrain_ckpt(c)]
+        if found:
+            return [CheckpointSpec(os.path.normpath(str(c)), "speechbrain") for c in found]
+    return []
+
+
 def _natural_key(p: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
@@ -231,6 +219,8 @@ def default_run_name(spec: CheckpointSpec) -> str:
     p = Path(spec.path)
     if spec.kind == "transformers":
         return p.parent.name if _HF_STEP.match(p.name) else p.name
+    if spec.kind == "speechbrain":  # <output_folder>/save/CKPT+...: the output folder
+        return (p.parent.parent.name if p.parent.name == "save" else p.parent.name) or "."
     return p.parent.name or "."
 
 
@@ -263,6 +253,10 @@ def load_checkpoint(spec: CheckpointSpec, device: torch.device) -> LoadedModel:
             from sslvitals.integrations.transformers.checkpoint import load_transformers_model
 
             loaded = load_transformers_model(spec.path, device=device)
+        elif spec.kind == "speechbrain":
+            from sslvitals.integrations.speechbrain.checkpoint import load_speechbrain_checkpoint
+
+            loaded = load_speechbrain_checkpoint(spec.path, device=device)
         else:
             raise SSLVitalsError(f"unknown checkpoint kind {spec.kind!r}")
     except SSLVitalsError as exc:

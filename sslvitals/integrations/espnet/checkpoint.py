@@ -79,7 +79,7 @@ def load_espnet_checkpoint(model_file: str, *, config: str | None = None,
     """
     import yaml
 
-    from sslvitals.offline.loaders import LoadedModel
+    from sslvitals.loaded import LoadedModel
 
     cfg_path = Path(config) if config else Path(model_file).parent / "config.yaml"
     if not cfg_path.is_file():

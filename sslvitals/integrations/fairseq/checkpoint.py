@@ -163,7 +163,7 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
     Raises:
         SSLVitalsError: naming the reason (not a fairseq file, unknown model, ...).
     """
-    from sslvitals.offline.loaders import LoadedModel
+    from sslvitals.loaded import LoadedModel
 
     state = read_fairseq_state(path)
     step = fairseq_step(state)

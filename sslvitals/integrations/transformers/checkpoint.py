@@ -41,7 +41,7 @@ def transformers_forward(model: torch.nn.Module, batch: Any, *, normalize: bool 
     wav = batch.wav.to(device)
     lengths = batch.lengths.to(device)
     if normalize:
-        from sslvitals.offline.loaders import normalise_waveforms
+        from sslvitals.loaded import normalise_waveforms
 
         wav = normalise_waveforms(wav, lengths)
     mask = (torch.arange(wav.shape[1], device=device)[None, :] < lengths[:, None]).long()
@@ -56,7 +56,7 @@ def load_transformers_model(path: str, *, device: torch.device | str = "cpu") ->
     """
     from transformers import AutoModel
 
-    from sslvitals.offline.loaders import LoadedModel
+    from sslvitals.loaded import LoadedModel
 
     p = Path(path)
     if not (p / "config.json").is_file():
