@@ -89,6 +89,12 @@ if ! done_stage extras; then
   mark extras
 fi
 
+if ! done_stage trainers; then
+  say "accelerate (needed by transformers.Trainer; Lightning came with ESPnet)"
+  "${PIP[@]}" accelerate lightning
+  mark trainers
+fi
+
 say "sslvitals (editable)"
 "${PIP[@]}" --no-deps -e "$ROOT"
 say "done: $VENV"
