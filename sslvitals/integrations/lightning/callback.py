@@ -17,13 +17,14 @@ What it does, hook by hook:
 * ``on_fit_start`` / ``on_validation_start`` of ``trainer.validate``: finds the encoder, resolves
   the layers and runs the shortest probe utterance through it, so a bad option, a missing probe or
   a bad layer stops the run before its first step with an :class:`~sslvitals.errors.SSLVitalsError`;
-* ``on_validation_epoch_end`` (not during the sanity check): at every ``every_n_validations``-th
-  validation of the run it measures the probe (each rank its shard; the monitor makes every rank
-  agree) and logs every value with ``pl_module.log(key, value, sync_dist=False)``: the same value
-  on every rank, so ``ModelCheckpoint``, ``EarlyStopping`` and every configured logger see it;
 * ``on_train_start``: rank 0 moves this run's records after the restored step out of the
   records file (they describe training the resumed run repeats; see
   :mod:`sslvitals.integrations.resume`);
+* ``on_validation_epoch_end`` (not during the sanity check): at every ``every_n_validations``-th
+  validation of the run it measures the probe (each rank its shard; the monitor makes every rank
+  agree) and logs every value with ``pl_module.log(key, value, sync_dist=False)``: the same value
+  on every rank, so ``ModelCheckpoint``, ``EarlyStopping`` and every configured logger see it
+  (Lightning files epoch-end values under its own logger step, ``global_step - 1``);
 * ``on_validation_end``: rank 0 appends the record (``update`` = ``trainer.global_step``,
   ``epoch`` = ``trainer.current_epoch + 1``, counted from 1 as fairseq and ESPnet do) with the
   validation loss when the module logs one as ``val_loss`` (or ``val/loss``, ``valid_loss``).
@@ -33,8 +34,15 @@ checkpoints (``state_dict``), so a run resumed with ``Trainer.fit(ckpt_path=...)
 schedule, and the records file holds one record per measured step of the training the
 checkpoints describe (none twice).
 
-Works with ``lightning`` 2.x and with the older ``pytorch_lightning`` package (whichever is
-installed; ``lightning`` when both are).
+Works with ``lightning`` 2.x and with the older ``pytorch_lightning`` package (the class derives
+from whichever is installed, ``lightning`` when both are; either package's ``Trainer`` calls its
+hooks).
+
+NeMo: its SSL models are ``LightningModule``s whose Conformer encoder sslvitals does not
+recognise by itself; give ``model="encoder"``, ``layers="layers"`` (the encoder's
+``nn.ModuleList`` of ``ConformerLayer`` blocks; all of them are measured) and a ``forward`` that
+runs ``model.preprocessor`` and the encoder on ``batch.wav`` / ``batch.lengths``. Such a model is
+measured one utterance per forward pass (:mod:`sslvitals.batching`).
 """
 from __future__ import annotations
 
