@@ -79,7 +79,8 @@ class VitalsConfig:
     reservoir_size: int = field(
         default=40000,
         metadata=_help(
-            "frames kept per layer (uniform seeded sample) for k-means and the cluster scores; "
+            "frames kept per layer (uniform seeded sample of the even-indexed probe utterances) "
+            "for k-means and the cluster scores; "
             "memory is reservoir_size x dim x 4 bytes per layer"
         ),
     )
@@ -108,7 +109,10 @@ class VitalsConfig:
         ),
     )
     batch_seconds: float = field(
-        default=60.0, metadata=_help("seconds of probe audio per forward batch")
+        default=60.0, metadata=_help(
+            "seconds of probe audio per forward batch where padded batches are exact (the "
+            "values never depend on it; see sslvitals.batching)"
+        )
     )
 
     @classmethod

@@ -147,6 +147,11 @@ def load_fairseq_file(path: str | os.PathLike[str]) -> Any:
             return torch.load(path, map_location="cpu")
         except pickle.UnpicklingError as exc:
             found = _UNSUPPORTED.search(str(exc))
+            if found is None and "Unsupported global" not in str(exc):
+                # not a refused class: the bytes are not a torch pickle at all
+                reason = next((ln.strip() for ln in str(exc).splitlines()
+                               if ln.strip().startswith("Unsupported")), type(exc).__name__)
+                raise SSLVitalsError(f"{path} is not a readable torch file ({reason})") from exc
             name = next((g for g in found.groups() if g), None) if found else None
             what = f"an object of class {name}" if name else "an object"
             raise SSLVitalsError(
