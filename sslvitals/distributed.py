@@ -22,6 +22,7 @@ __all__ = [
     "all_gather_object",
     "broadcast_object",
     "all_gather_rows",
+    "gather_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,3 +140,41 @@ def all_gather_rows(tensor: torch.Tensor, group: Any = None) -> list[torch.Tenso
     parts = [torch.empty_like(buf) for _ in meta]
     torch.distributed.all_gather(parts, buf, group=group)
     return [p[: m[0]].to(tensor.device) for p, m in zip(parts, meta)]
+
+
+def gather_rows(tensor: torch.Tensor, dst: int, group: Any = None) -> list[torch.Tensor]:
+    """Gather tensors whose first dimension differs between ranks to rank ``dst`` only.
+
+    Like :func:`all_gather_rows`, but only ``dst`` receives (and allocates) the parts, so the
+    other ranks' memory does not grow with the world size.
+
+    Args:
+        tensor: ``(M_r, *rest)``; ``rest`` and the dtype must agree across ranks.
+        dst: Global rank that receives.
+        group: Process group.
+
+    Returns:
+        On ``dst``: ``world_size`` tensors, rank ``r``'s at index ``r``; elsewhere an empty
+        list (``[tensor]`` when not distributed).
+
+    Raises:
+        SSLVitalsError: if the trailing shapes or dtypes differ between ranks.
+    """
+    if not is_distributed() or world_size(group) == 1:
+        return [tensor]
+    meta = all_gather_object((int(tensor.shape[0]), tuple(tensor.shape[1:]), str(tensor.dtype)),
+                             group)
+    if len({(m[1], m[2]) for m in meta}) != 1:
+        raise SSLVitalsError(
+            f"gather_rows needs the same trailing shape and dtype on every rank, got {meta}"
+        )
+    dev = _comm_device(group)
+    longest = max(m[0] for m in meta)
+    buf = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=dev)
+    buf[: tensor.shape[0]] = tensor.detach().to(dev)
+    if rank(group) == dst:
+        parts = [torch.empty_like(buf) for _ in meta]
+        torch.distributed.gather(buf, gather_list=parts, dst=dst, group=group)
+        return [p[: m[0]].to(tensor.device) for p, m in zip(parts, meta)]
+    torch.distributed.gather(buf, gather_list=None, dst=dst, group=group)
+    return []

@@ -69,6 +69,23 @@ def _is_setup_error(exc: BaseException) -> bool:
                                                  or "no utterance indices" in text)
 
 
+def _key_order(layers: list[int]) -> Callable[[str], tuple[int, int]]:
+    """Sort key putting metric keys in the one-process order: by layer, then metric table."""
+    from sslvitals.keys import parse_key
+    from sslvitals.metric_table import METRICS
+
+    rank_of = {m.name: i for i, m in enumerate(METRICS)}
+    pos = {layer: i for i, layer in enumerate(layers)}
+
+    def key(k: str) -> tuple[int, int]:
+        parsed = parse_key(k)
+        if parsed is None:
+            return (len(pos), 0)
+        return (pos.get(parsed.layer, len(pos)), rank_of.get(parsed.metric, len(rank_of)))
+
+    return key
+
+
 def _with_index(batches: Iterable[Any]) -> Iterator[Any]:
     """Pass batches through, checking each has its utterance indices (see :func:`_check_index`)."""
     for batch in batches:
@@ -143,11 +160,19 @@ class LayerState:
         self.frames = 0
         self.utterances = 0
 
-    def sync(self) -> None:
-        """Synchronise every accumulator across ranks (no-op without torch.distributed)."""
-        for acc in (self.gram, self.utt_gram, self.reservoir):
+    def sync(self, owner: int | None = None) -> None:
+        """Synchronise every accumulator across ranks (no-op without torch.distributed).
+
+        Args:
+            owner: The rank that computes this layer's cluster metrics: only it receives the
+                reservoir union (None: every rank does). The Gram matrices, O(D^2), are summed
+                on every rank.
+        """
+        for acc in (self.gram, self.utt_gram):
             if acc is not None:
                 acc.sync()
+        if self.reservoir is not None:
+            self.reservoir.sync(dst=owner)
 
 
 class VitalsMonitor:
@@ -169,6 +194,10 @@ class VitalsMonitor:
         self.metrics = parse_metrics(cfg.metrics)
         self._validations = 0
         self._warned: set[str] = set()
+        #: Give each layer an owner rank that alone gathers its reservoir and computes it
+        #: (False: rank 0 computes every layer, every rank holds every reservoir; kept for the
+        #: benchmark that compares the two).
+        self.spread_layers = True
         self.last_seconds: float | None = None
         self.last_layers: list[int] = []
 
@@ -285,26 +314,34 @@ class VitalsMonitor:
                     states[layer] = LayerState(dims[layer], self.cfg, self.metrics, device)
             seen = [i["labels"] for i in everyone if i["labels"] is not None]
             saw_labels = bool(seen) and all(seen)
+            owners = self.layer_owners(layers, dist.world_size())
             for layer in sorted(layer for layer in layers if layer in states):
-                states[layer].sync()
+                states[layer].sync(owner=owners[layer] if self.spread_layers else None)
         elif error is not None:
             if self.cfg.strict or _is_setup_error(error):
                 raise error
             return self._all_failed(layers, error, t0)
         have_labels = bool(saw_labels)
         if distributed:
-            # rank 0 computes; whatever happens there (strict-mode errors included) reaches
-            # every rank, so no rank is left waiting in a collective
+            # each rank computes the layers it owns; whatever happens there (strict-mode errors
+            # included) reaches every rank, so no rank is left waiting in a collective
+            me = dist.rank()
+            owned = {layer for layer, r in owners.items() if r == me}
             try:
-                payload: Any = self._compute_all(states, layers, have_labels)
+                payload: Any = self._compute_all(states, layers, have_labels, owned=owned)
             except Exception as exc:  # noqa: BLE001
                 payload = SSLVitalsError(f"{type(exc).__name__}: {exc}")
-            payload = dist.broadcast_object(payload, src=0)
-            if isinstance(payload, BaseException):
-                raise payload
-            results, centroids = payload
+            parts = dist.all_gather_object(payload)
+            failed = [p for p in parts if isinstance(p, BaseException)]
+            if failed:
+                raise failed[0]
+            results, centroids = {}, {}
+            for values, cents in parts:
+                results.update(values)
+                centroids.update(cents)
         else:
             results, centroids = self._compute_all(states, layers, have_labels)
+        results = {k: results[k] for k in sorted(results, key=_key_order(layers))}
         heldout = [m for m in self.metrics if m in _HELDOUT_METRICS] if have_labels else []
         if heldout:
             second = factory() if factory is not None else (keep or [])
@@ -485,16 +522,23 @@ class VitalsMonitor:
             st.reservoir.update(rows.cpu(), keys=keys, labels=lab)
 
     # ------------------------------------------------------------------ compute
-    def _compute_all(self, states: dict[int, LayerState], layers: list[int],
-                     have_labels: bool) -> tuple[dict[str, float], dict[int, torch.Tensor | None]]:
-        """Everything but the held-out label metrics, on rank 0; also the fitted centroids.
+    def layer_owners(self, layers: list[int], world: int) -> dict[int, int]:
+        """The rank that computes each layer: layers dealt round-robin over the ranks (all on
+        rank 0 when :attr:`spread_layers` is off)."""
+        if not self.spread_layers:
+            return {layer: 0 for layer in layers}
+        return {layer: i % max(1, world) for i, layer in enumerate(sorted(layers))}
+
+    def _compute_all(self, states: dict[int, LayerState], layers: list[int], have_labels: bool,
+                     owned: set[int] | None = None,
+                     ) -> tuple[dict[str, float], dict[int, torch.Tensor | None]]:
+        """Everything but the held-out label metrics, for the ``owned`` layers (None: all);
+        also the fitted centroids.
 
         Returns:
             ``(values, centroids)``: centroids per layer (CPU float32 ``(k, D)``, None where
             k-means failed), for the held-out pass.
         """
-        from sslvitals.distributed import rank as dist_rank
-
         out: dict[str, float] = {}
         centroids: dict[int, torch.Tensor | None] = {}
         wanted = [m for m in self.metrics if have_labels or m not in LABEL_METRICS]
@@ -502,9 +546,9 @@ class VitalsMonitor:
             self._warned.add("nolabels")
             logger.info("sslvitals: the probe has no frame labels; skipping %s",
                         ", ".join(m for m in self.metrics if m in LABEL_METRICS))
-        if dist_rank() != 0:
-            return out, centroids
         for layer in layers:
+            if owned is not None and layer not in owned:
+                continue
             st = states.get(layer)
             if st is None:
                 for m in wanted:

@@ -536,12 +536,17 @@ class ReservoirSampler(_SyncGuard):
         self._n_seen += other._n_seen
         self._absorb(other._keys, other._x, other._labels if other._has_labels else None)
 
-    def sync(self, group: Any = None) -> None:
-        """Make every rank hold the sample of the union of all ranks' rows.
+    def sync(self, group: Any = None, *, dst: int | None = None) -> None:
+        """Make every rank (or only rank ``dst``) hold the sample of the union of all ranks' rows.
 
         Two rounds: the keys of all ranks are gathered to find the global ``capacity``-th
         smallest key; then only rows at or below it travel, so a balanced job moves about
         ``capacity`` rows in total. No-op when not distributed.
+
+        Args:
+            group: Process group.
+            dst: Only this global rank receives the rows; the others end with an empty sample
+                (their memory does not hold the union). None: every rank receives them.
         """
         if self._synced:
             logger.debug("ReservoirSampler.sync called twice; the second call does nothing")
@@ -563,13 +568,18 @@ class ReservoirSampler(_SyncGuard):
             mask = self._keys <= uniq[self.capacity - 1]
         else:
             mask = torch.ones_like(self._keys, dtype=torch.bool)
-        keys_parts = dist.all_gather_rows(self._keys[mask], group)
-        x_parts = dist.all_gather_rows(self._x[mask], group)
+        if dst is None:
+            def gather(t: torch.Tensor) -> list[torch.Tensor]:
+                return dist.all_gather_rows(t, group)
+        else:
+            def gather(t: torch.Tensor) -> list[torch.Tensor]:
+                return dist.gather_rows(t, dst, group)
+        keys_parts = gather(self._keys[mask])
+        x_parts = gather(self._x[mask])
         if has:
             labels = self._labels if self._has_labels else torch.zeros(
                 0, dtype=self.label_dtype, device=self.device)
-            label_parts: list[torch.Tensor | None] = list(
-                dist.all_gather_rows(labels[mask], group))
+            label_parts: list[torch.Tensor | None] = list(gather(labels[mask]))
         else:
             label_parts = [None] * len(keys_parts)
         self._set_storage(torch.zeros(0, dtype=torch.int64, device=self.device),

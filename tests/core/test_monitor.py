@@ -239,3 +239,31 @@ def test_two_process_uneven_ranks_do_not_hang(tmp_path, mode):
             assert r0[k] == pytest.approx(one[k], rel=1e-5), k
         else:  # one rank failed: every rank reports NaN, nobody hangs
             assert math.isnan(r0[k]), k
+
+
+def _worker_spread(rank, world, init, probe_path, out_path):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    probe = ProbeSet.from_path(probe_path).shard(rank, world)
+    res = {}
+    for spread in (True, False):
+        mon = VitalsMonitor(small_cfg(reservoir_size=300, silhouette_sample=0))
+        mon.spread_layers = spread
+        res[spread] = mon.measure(tiny_hubert(), forward, lambda: probe.batches(batch_seconds=2.0))
+        res[f"owners{spread}"] = mon.layer_owners([0, 1, 2], world)
+    torch.save(res, f"{out_path}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_layers_spread_over_ranks_give_the_same_numbers(tmp_path):
+    """Each layer's owner alone gathers its reservoir and computes it; every rank ends with the
+    same dict as when rank 0 computed everything."""
+    probe_path = write_probe(tmp_path)
+    torch.multiprocessing.spawn(_worker_spread, args=(2, f"file://{tmp_path}/init", str(probe_path),
+                                                      str(tmp_path / "out")), nprocs=2, join=True)
+    r0, r1 = torch.load(f"{tmp_path}/out.0"), torch.load(f"{tmp_path}/out.1")
+    assert r0["ownersTrue"] == {0: 0, 1: 1, 2: 0} and r0["ownersFalse"] == {0: 0, 1: 0, 2: 0}
+    keys = [k for k in r0[True] if k != "vitals/seconds"]
+    assert len(keys) == 3 * 16
+    for k in keys:
+        assert r0[True][k] == r1[True][k] == r0[False][k] == r1[False][k], k
