@@ -99,6 +99,13 @@ class LayerPlan:
         numbering: One sentence on what layer 0 and layer L are for this architecture.
         family: Name of the :class:`ArchitectureSpec` that recognised the model (``""`` for a
             plan built from a path only); :mod:`sslvitals.batching` decides by it.
+        stage_pairs: Per stage, the earlier stage whose output is added to this stage's output
+            (a U-Net skip connection, which trims the longer of the two), or None; None for
+            models without skip connections between resolutions. A stage paired with a stage of
+            the same frame rate counts at most that stage's frames.
+        fill_call: ``BoundArguments -> bool`` run on the arguments of ``root.forward`` before
+            the call; it may complete them (e.g. an all-False padding mask where the model
+            cannot take None) and returns True when it changed them; None for most models.
     """
 
     architecture: str
@@ -116,6 +123,8 @@ class LayerPlan:
     layerdrop: float = 0.0
     numbering: str = ""
     family: str = ""
+    stage_pairs: list[int | None] | None = None
+    fill_call: Callable[[inspect.BoundArguments], bool] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -143,9 +152,60 @@ class LayerPlan:
         if self.conv_stack is None:
             return None
         n = conv_num_frames(samples.to(torch.int64), self.conv_stack)
-        for up, down in self.stages[self.stage_of_layer(layer)]:
-            n = torch.div(n * up + down - 1, down, rounding_mode="floor")
-        return n
+        stage = self.stage_of_layer(layer)
+        if self.stage_pairs is None:
+            for up, down in self.stages[stage]:
+                n = _resample_count(n, up, down)
+            return n
+        return self._paired_counts(n, stage)[stage]
+
+    def _paired_counts(self, n0: torch.Tensor, last: int) -> list[torch.Tensor]:
+        """Frame counts ``(B,)`` of stages ``0..last`` of a U-Net (:attr:`stage_pairs` set).
+
+        Stage ``s`` resamples what stage ``s - 1`` passed on (its steps beyond those of stage
+        ``s - 1``); when a skip connection adds an earlier stage's output, the sum has the
+        shorter length of the two, and that is what the next stage gets. The frames a stage
+        counts are the trimmed ones when the paired stage runs at the same rate (the extra
+        frame an up-sampler makes from an odd length is not part of the utterance), else its
+        own.
+        """
+        assert self.stage_pairs is not None
+        counted: list[torch.Tensor] = []
+        passed: list[torch.Tensor] = []
+        for s in range(last + 1):
+            steps = self.stages[s]
+            if s == 0:
+                n, done = n0, ()
+            else:
+                n, done = passed[s - 1], self.stages[s - 1]
+            if steps[: len(done)] != done:
+                raise SSLVitalsError(
+                    f"stage {s} does not continue stage {s - 1} ({steps} vs {done}); this "
+                    "layer plan cannot give frame counts"
+                )
+            for up, down in steps[len(done):]:
+                n = _resample_count(n, up, down)
+            own = n
+            pair = self.stage_pairs[s]
+            if pair is not None:
+                n = torch.minimum(n, passed[pair])
+                same_rate = _stage_factor(self.stages[pair]) == _stage_factor(steps)
+                own = n if same_rate else own
+            counted.append(own)
+            passed.append(n)
+        return counted
+
+
+def _resample_count(n: torch.Tensor, up: int, down: int) -> torch.Tensor:
+    """``ceil(n * up / down)``: frames after an ``up / down`` resampling step."""
+    return torch.div(n * up + down - 1, down, rounding_mode="floor")
+
+
+def _stage_factor(steps: tuple[tuple[int, int], ...]) -> Fraction:
+    rate = Fraction(1)
+    for up, down in steps:
+        rate = rate * up / down
+    return rate
 
 
 @dataclass(frozen=True)
@@ -543,17 +603,28 @@ def _build_multires(m: nn.Module, path: str, sample_rate: int) -> LayerPlan:
             blocks.append((bp, blk))
             block_stage.append(len(stages) - 1)
 
-    # The forward pass: encoder i, then down-sampler i; the middle encoder; then for every
-    # decoder i, up-sampler i before it.
+    # The forward pass: encoder i, then down-sampler i; the middle encoder; then decoder i after
+    # its up-sampler, its output summed with encoder (n - 1 - i)'s output (trimmed to the
+    # shorter). fairseq main runs decoder i after upsample_modules[n - 1 - i] (the inverse of
+    # the down-sampler of that encoder); s3prl's port after upsample_modules[i]. The two
+    # differ only when the rate ratios are uneven (released models use [1, 2]).
+    s3prl_order = _multires_runs_s3prl_order(m)
+    n_dec = len(decoders)
+    encoder_stage: list[int] = []
     for i in range(len(encoders)):
+        encoder_stage.append(len(stages))
         add(f"encoders.{i}")
         if i < len(downs):
             steps.append(_resampling(downs[i]))
     add("middle_encoder")
-    for i in range(len(decoders)):
-        if i < len(ups):
-            steps.append(_resampling(ups[i]))
+    pairs: list[int | None] = [None] * len(stages)
+    for i in range(n_dec):
+        up_index = i if s3prl_order else len(ups) - 1 - i
+        if 0 <= up_index < len(ups):
+            steps.append(_resampling(ups[up_index]))
         add(f"decoders.{i}")
+        skip = n_dec - 1 - i
+        pairs.append(encoder_stage[skip] if 0 <= skip < len(encoder_stage) else None)
     conv_stack, hop = conv_frontend(_child(m, "feature_extractor"))
     return LayerPlan(
         architecture=f"{_toolkit(m)}.{type(m).__name__}",
@@ -571,8 +642,36 @@ def _build_multires(m: nn.Module, path: str, sample_rate: int) -> LayerPlan:
         layerdrop=_max_layerdrop(m.modules()),
         numbering="layers follow the U-Net: encoders[0..].layers, middle_encoder.layers, "
         "decoders[0..].layers; layer 0 = encoders[0].layers[0] input; each layer has the "
-        "frame rate of its block; block outputs are read before the residual additions",
+        "frame rate of its block; block outputs are read before the residual additions; "
+        "decoder layers count the frames of the encoder layers at their rate",
+        stage_pairs=pairs,
+        fill_call=_multires_fill_padding_mask,
     )
+
+
+def _multires_runs_s3prl_order(m: nn.Module) -> bool:
+    """True when the class whose ``forward`` the model runs is s3prl's port (decoder i after
+    ``upsample_modules[i]``); False for fairseq main's order and for subclasses that override
+    ``forward`` (decoder i after ``upsample_modules[n - 1 - i]``)."""
+    for cls in type(m).__mro__:
+        if "forward" in vars(cls):
+            return cls.__module__.split(".")[0] == "s3prl"
+    return False
+
+
+def _multires_fill_padding_mask(bound: inspect.BoundArguments) -> bool:
+    """MR-HuBERT cannot run with ``padding_mask=None`` (its U-Net trims the mask when it sums
+    a skip connection): give it an all-False ``(B, S)`` mask, which means the same."""
+    if bound.arguments.get("padding_mask") is not None:
+        return False
+    if "padding_mask" not in bound.signature.parameters:
+        return False
+    source = bound.arguments.get("source", _first_tensor_argument(bound))
+    if not isinstance(source, torch.Tensor) or source.dim() != 2:
+        return False
+    bound.arguments["padding_mask"] = torch.zeros(source.shape, dtype=torch.bool,
+                                                  device=source.device)
+    return True
 
 
 #: Known architectures, tried in this order on every module of the model (outermost first).

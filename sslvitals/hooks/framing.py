@@ -11,8 +11,17 @@ Timing convention used by every helper here: a frame ``i`` of a layer running at
 per second represents the interval ``[i / r, (i + 1) / r)`` shifted by one constant
 ``shift`` (seconds) common to all layers of a model, so its centre is
 ``i / r + 0.5 / r + shift``. For the default stack at 16 kHz, ``shift = 0.0125 - 0.01 =
-0.0025`` s. A layer at 25 Hz obtained by pooling pairs of 50 Hz frames (MR-HuBERT) then has
-centres ``j / 25 + 0.0225``, which is the mean of the centres of the two frames it pools.
+0.0025`` s.
+
+MR-HuBERT's lower-rate layers do not follow that convention: its down-sampler is a stride-2
+convolution padded to keep frames centred, plus a skip connection that takes every second
+frame, so its 25 Hz frame ``j`` sits on 50 Hz frame ``2 j`` (centre ``j / 25 + 0.0125`` s at
+16 kHz), not between frames ``2 j`` and ``2 j + 1``. :func:`resample_labels` gives exactly
+that (50 Hz -> 25 Hz takes the earlier of the two frames; 25 Hz -> 50 Hz repeats each frame
+twice, as the up-sampler does), and it is how the monitor labels such layers: labels are built
+at the front-end's 50 Hz and resampled. :func:`frame_centres` and
+:func:`alignments_to_frame_labels` at 25 Hz use the generic convention (centre ``j / 25 +
+0.0225``), so label an MR-HuBERT layer by resampling 50 Hz labels, not directly at 25 Hz.
 """
 from __future__ import annotations
 
@@ -289,7 +298,8 @@ def resample_labels(
     With the timing convention of this module (frame ``i`` at rate ``r`` covers
     ``[i / r, (i + 1) / r)`` plus a common shift), target frame ``j`` takes source frame
     ``floor((j + 0.5) * src_rate / dst_rate)``; when the target centre falls exactly on a
-    boundary of two source frames (e.g. 50 Hz -> 25 Hz), the earlier one is taken. Indices past
+    boundary of two source frames (e.g. 50 Hz -> 25 Hz), the earlier one is taken, which is
+    the frame MR-HuBERT's stride-2 down-sampler centres its output on (see the module doc). Indices past
     the end of ``labels`` are clamped to the last frame. The arithmetic is exact (rational).
 
     Args:

@@ -216,15 +216,19 @@ class LayerTap:
         self._modes = {}
 
     # ------------------------------------------------------------------ hooks
-    def _on_root_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        lengths = None
+    def _on_root_call(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        lengths, changed = None, None
         if self.plan.read_input_lengths is not None:
             bound = bind_forward(self._root_signature, args, kwargs)
             if bound is not None:
                 lengths = self.plan.read_input_lengths(bound)
+                # e.g. MR-HuBERT: padding_mask=None becomes an all-False mask (same meaning)
+                if self.plan.fill_call is not None and self.plan.fill_call(bound):
+                    changed = (bound.args, bound.kwargs)
         batch = self._new_batch()
         if batch.input_lengths is None and lengths is not None:
             batch.input_lengths = lengths.detach()
+        return changed
 
     def _on_block_input(self, layer: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = _first_tensor(args) if args else None

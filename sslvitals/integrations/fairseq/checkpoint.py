@@ -12,6 +12,8 @@ in the way when the training data is not at hand:
 
 MR-HuBERT (``multires_hubert``) is not part of the fairseq release on the package index; when
 the installed fairseq has no such model, s3prl's port is used (same module tree and weights).
+Files in s3prl's converted MR-HuBERT format (``task_cfg``, ``model_cfg``, ``model_weight``,
+``dictionaries_symbols``, what s3prl's hub distributes) load through the port as well.
 
 Checkpoints are read with torch's safe unpickler (``weights_only``), never with it switched
 off: the classes fairseq checkpoints hold (``Dictionary``, ``argparse.Namespace``, OmegaConf
@@ -55,8 +57,15 @@ def read_fairseq_state(path: str) -> dict[str, Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises several types for bad files
         raise SSLVitalsError(f"not a readable torch file ({type(exc).__name__}: {exc})") from exc
+    from sslvitals.integrations.s3prl.multires_hubert import is_s3prl_converted
+
+    if is_s3prl_converted(state):
+        return state  # s3prl's converted MR-HuBERT format, read by load_fairseq_checkpoint
     if not isinstance(state, dict) or "model" not in state:
-        raise SSLVitalsError("not a fairseq checkpoint (no 'model' entry)")
+        raise SSLVitalsError(
+            "not a fairseq checkpoint (no 'model' entry) nor an s3prl-converted MR-HuBERT one "
+            "(task_cfg, model_cfg, model_weight, dictionaries_symbols)"
+        )
     if state.get("cfg") is None and state.get("args") is None:
         raise SSLVitalsError("not a fairseq checkpoint (neither 'cfg' nor 'args' inside)")
     return state
@@ -166,6 +175,18 @@ def load_fairseq_checkpoint(path: str, *, device: torch.device | str = "cpu") ->
     from sslvitals.loaded import LoadedModel
 
     state = read_fairseq_state(path)
+    from sslvitals.integrations.s3prl.multires_hubert import (
+        is_s3prl_converted,
+        load_converted_multires_hubert,
+    )
+
+    if is_s3prl_converted(state):
+        # s3prl's converted MR-HuBERT: no training state (step, loss) is kept in this format
+        normalize = bool(_get(state["task_cfg"], "normalize", False))
+        model = load_converted_multires_hubert(state)
+        return LoadedModel(model.to(device).eval(), fairseq_forward(normalize), "s3prl",
+                           "multires_hubert", None, None,
+                           info={"path": path, "format": "s3prl-converted"})
     step = fairseq_step(state)
     loss = _val_loss(state)
     model_cfg = _cfg_section(state, "model")

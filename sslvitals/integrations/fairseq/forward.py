@@ -63,7 +63,12 @@ def make_forward_fn(normalize: bool) -> Callable[[torch.nn.Module, Any], Any]:
     :class:`~sslvitals.hooks.LayerTap` sees the padding mask and the input lengths) with
     ``source=wav, padding_mask=mask, mask=False, features_only=True``: the unmasked feature
     pass shared by fairseq's ``HubertModel``, ``Wav2Vec2Model`` and ``MultiresHubertModel``
-    (what their ``extract_features`` runs). It is marked with
+    (what their ``extract_features`` runs). The padding mask is always a tensor, all False
+    for an unpadded batch: MR-HuBERT cannot run with ``padding_mask=None`` (its U-Net slices
+    the mask when it adds a skip connection), and for the other models an all-False mask means
+    the same as None. (A user's own call with ``padding_mask=None`` inside a
+    :class:`~sslvitals.hooks.LayerTap` gets the same all-False mask from the tap.) It is
+    marked with
     :func:`sslvitals.batching.passes_padding`; which models get padded batches and which one
     utterance per call is decided by :mod:`sslvitals.batching` inside the monitor.
 

@@ -4,6 +4,10 @@ The fairseq release on the package index has no ``multires_hubert`` model; s3prl
 port (``s3prl.upstream.multires_hubert.hubert_model``) with fairseq's module names, so the
 fairseq state dict loads into it unchanged. The label dictionaries are only needed for
 their sizes, which the ``label_embs_concat.<i>`` weights give.
+
+Two on-disk formats are read: fairseq's (``cfg`` with ``model`` and ``task``, weights under
+``model``) and the one s3prl converts fairseq checkpoints to and distributes (``task_cfg``,
+``model_cfg``, ``model_weight``, ``dictionaries_symbols``; see :data:`S3PRL_CONVERTED_KEYS`).
 """
 from __future__ import annotations
 
@@ -14,7 +18,17 @@ import torch
 
 from sslvitals.errors import SSLVitalsError
 
-__all__ = ["load_multires_hubert_state", "build_multires_hubert"]
+__all__ = [
+    "S3PRL_CONVERTED_KEYS",
+    "is_s3prl_converted",
+    "load_multires_hubert_state",
+    "load_converted_multires_hubert",
+    "build_multires_hubert",
+]
+
+#: The entries of a checkpoint in s3prl's converted MR-HuBERT format.
+S3PRL_CONVERTED_KEYS: tuple[str, ...] = ("task_cfg", "model_cfg", "model_weight",
+                                         "dictionaries_symbols")
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +80,66 @@ def build_multires_hubert(model_cfg: Mapping[str, Any], task_cfg: Mapping[str, A
     return MultiresHubertModel(mcfg, tcfg, dictionaries)
 
 
+def is_s3prl_converted(state: Any) -> bool:
+    """True when ``state`` (a loaded checkpoint) is in s3prl's converted format: a dict with
+    every key of :data:`S3PRL_CONVERTED_KEYS` and no fairseq ``model`` entry."""
+    return (isinstance(state, Mapping) and "model" not in state
+            and all(k in state for k in S3PRL_CONVERTED_KEYS))
+
+
+def _num_classes(weights: Mapping[str, Any]) -> list[int]:
+    heads = sorted(
+        int(k.split(".")[1]) for k in weights if k.startswith("label_embs_concat.")
+    )
+    return [int(weights[f"label_embs_concat.{i}"].shape[0]) for i in heads]
+
+
+def _load_weights(model: torch.nn.Module, weights: Mapping[str, Any]) -> torch.nn.Module:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise SSLVitalsError(
+            f"MR-HuBERT weights do not fit s3prl's port: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}"
+        )
+    return model.eval()
+
+
+def load_converted_multires_hubert(state: Mapping[str, Any]) -> torch.nn.Module:
+    """Build s3prl's MR-HuBERT from a checkpoint in s3prl's converted format.
+
+    Args:
+        state: The dict read from the file: ``task_cfg`` and ``model_cfg`` (fairseq's
+            ``cfg.task`` / ``cfg.model``), ``model_weight`` (state dict) and
+            ``dictionaries_symbols`` (one symbol list per label set).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        SSLVitalsError: if an entry is missing or malformed, or the weights do not fit.
+    """
+    missing = [k for k in S3PRL_CONVERTED_KEYS if k not in state]
+    if missing:
+        raise SSLVitalsError(
+            f"s3prl MR-HuBERT checkpoint lacks {missing}; a converted checkpoint holds "
+            f"{list(S3PRL_CONVERTED_KEYS)}"
+        )
+    model_cfg, task_cfg = _as_dict(state["model_cfg"]), _as_dict(state["task_cfg"])
+    weights = state["model_weight"]
+    if not isinstance(weights, Mapping):
+        raise SSLVitalsError("s3prl MR-HuBERT checkpoint: 'model_weight' is not a state dict")
+    symbols = state["dictionaries_symbols"]
+    sizes = [len(d) for d in symbols] if isinstance(symbols, (list, tuple)) else []
+    from_weights = _num_classes(weights)
+    num_classes = from_weights or sizes
+    if not num_classes:
+        raise SSLVitalsError(
+            "s3prl MR-HuBERT checkpoint: neither 'dictionaries_symbols' nor "
+            "label_embs_concat.<i> weights give the label set sizes"
+        )
+    return _load_weights(build_multires_hubert(model_cfg, task_cfg, num_classes), weights)
+
+
 def load_multires_hubert_state(state: Mapping[str, Any]) -> torch.nn.Module:
     """Build s3prl's MR-HuBERT from a fairseq checkpoint dict and load its weights.
 
@@ -87,17 +161,7 @@ def load_multires_hubert_state(state: Mapping[str, Any]) -> torch.nn.Module:
     if not model_cfg or not task_cfg:
         raise SSLVitalsError("MR-HuBERT checkpoint config lacks its 'model' or 'task' section")
     weights = state["model"]
-    heads = sorted(
-        int(k.split(".")[1]) for k in weights if k.startswith("label_embs_concat.")
-    )
-    num_classes = [int(weights[f"label_embs_concat.{i}"].shape[0]) for i in heads]
+    num_classes = _num_classes(weights)
     if not num_classes:
         raise SSLVitalsError("MR-HuBERT checkpoint has no label_embs_concat.<i> weights")
-    model = build_multires_hubert(model_cfg, task_cfg, num_classes)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise SSLVitalsError(
-            f"MR-HuBERT weights do not fit s3prl's port: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}"
-        )
-    return model.eval()
+    return _load_weights(build_multires_hubert(model_cfg, task_cfg, num_classes), weights)
