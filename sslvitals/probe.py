@@ -28,11 +28,15 @@ import torch
 
 from sslvitals.errors import SSLVitalsError
 
-__all__ = ["ProbeItem", "ProbeBatch", "ProbeSet", "frame_count", "read_frame_labels"]
+__all__ = ["ProbeItem", "ProbeBatch", "ProbeSet", "frame_count", "read_frame_labels",
+           "MIN_SAMPLES"]
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+#: Shortest utterance, in samples, that gives a frame: the 400-sample (25 ms) receptive field
+#: of the HuBERT / wav2vec 2.0 / WavLM convolutional front-end. Shorter ones give no frame.
+MIN_SAMPLES = 400
 
 
 def frame_count(num_samples: int, window: int = 400, hop: int = 320) -> int:
@@ -129,7 +133,8 @@ class ProbeSet:
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, labels: str | os.PathLike | None = None,
                   max_seconds: float | None = 3600.0, seed: int = 0,
-                  sample_rate: int = SAMPLE_RATE, check_audio: bool = True) -> "ProbeSet":
+                  sample_rate: int = SAMPLE_RATE, check_audio: bool = True,
+                  min_samples: int = MIN_SAMPLES) -> "ProbeSet":
         """Read a probe from a fairseq ``.tsv`` manifest or a Kaldi-style folder.
 
         Args:
@@ -140,10 +145,12 @@ class ProbeSet:
             seed: Seed of that choice.
             sample_rate: Required sample rate.
             check_audio: Check that every selected file exists and has ``sample_rate``.
+            min_samples: Shortest utterance accepted (see :meth:`check_lengths`).
 
         Raises:
-            SSLVitalsError: if the probe or its labels cannot be read, a file is missing, or a
-                file's sample rate differs.
+            SSLVitalsError: if the probe or its labels cannot be read, a file is missing, a
+                file's sample rate differs, no utterance fits in ``max_seconds``, or a selected
+                utterance is shorter than ``min_samples``.
         """
         p = Path(path)
         if not p.exists():
@@ -168,9 +175,38 @@ class ProbeSet:
         probe = cls(items, source=str(p), sample_rate=sample_rate)
         if max_seconds is not None:
             probe = probe.select(max_seconds, seed=seed)
+            if not probe.items:
+                shortest = min(it.num_samples for it in items) / sample_rate
+                raise SSLVitalsError(
+                    f"no utterance of probe {p} fits in max_probe_seconds={max_seconds:g} (the "
+                    f"shortest lasts {shortest:.2f} s): raise max_probe_seconds "
+                    "(--max-probe-seconds / vitals.max_probe_seconds)"
+                )
+        probe.check_lengths(min_samples)
         if check_audio:
             probe.check_audio()
         return probe
+
+    def check_lengths(self, min_samples: int = MIN_SAMPLES) -> None:
+        """Check that every utterance is long enough to give at least one frame.
+
+        Args:
+            min_samples: Shortest usable utterance in samples (the receptive field of the
+                model's front-end; :data:`MIN_SAMPLES` for every supported architecture).
+
+        Raises:
+            SSLVitalsError: listing the utterances that are too short, before any model runs.
+        """
+        short = [it for it in self.items if it.num_samples < min_samples]
+        if short:
+            listing = ", ".join(f"{it.uid} ({it.num_samples} samples)" for it in short[:5])
+            more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+            raise SSLVitalsError(
+                f"{len(short)} probe utterance(s) of {self.source} are shorter than {min_samples} "
+                f"samples ({min_samples / self.sample_rate * 1000:.0f} ms, the receptive field of "
+                f"the convolutional front-end) and would give no frame: {listing}{more}. Remove "
+                "them from the probe"
+            )
 
     def select(self, max_seconds: float, seed: int = 0) -> "ProbeSet":
         """Return a seeded random subset of at most ``max_seconds`` of audio, in file order."""

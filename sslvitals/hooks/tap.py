@@ -32,6 +32,8 @@ __all__ = ["LayerTap"]
 logger = logging.getLogger(__name__)
 
 _LAYER_SPEC_RE = re.compile(r"^\s*(all|-?\d+(\s*,\s*-?\d+)*)\s*$")
+#: A dotted module path (``encoder.layers``); anything else that is not a layer list is an error.
+_MODULE_PATH_RE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*$")
 
 
 @dataclass
@@ -70,6 +72,10 @@ class LayerTap:
     HuBERT marks a frame as padding only when all of its 320 samples are padding, so without
     known input lengths a padded utterance may keep up to two frames that straddle the end.)
 
+    Reuse: each ``with`` block starts empty (what an earlier block captured is dropped when
+    the next one is entered); inside one block, successive forwards accumulate until
+    :meth:`clear`. What the last block captured stays readable after it exits.
+
     Train mode: by default the model is switched to eval mode inside the block (no dropout,
     no layer drop, so layer ``i`` is always block ``i``) and every module's own ``training``
     flag is restored on exit. With ``eval_mode=False`` the model's mode is left alone, and a
@@ -89,6 +95,7 @@ class LayerTap:
         layers: None or ``"all"`` for layers ``0..L``; a list of ints or a comma-separated
             string of ints (negative counts from the end); or the dotted path of the
             ``nn.ModuleList`` holding the blocks of a model not recognised (all its layers).
+            Any other string (e.g. ``"0,x"``) is an error.
         blocks: Dotted path of the block list, to combine with an int ``layers`` selection for
             a model not recognised.
         eval_mode: Switch the model to eval mode inside the block (default True).
@@ -98,7 +105,7 @@ class LayerTap:
 
     Raises:
         SSLVitalsError: for an unknown model (listing its module lists), an out-of-range layer
-            (naming the valid range) or a bad block path.
+            (naming the valid range), a malformed layer list or a bad block path.
     """
 
     def __init__(
@@ -116,6 +123,12 @@ class LayerTap:
                 f"LayerTap needs a torch.nn.Module, got {type(model).__name__}"
             )
         if isinstance(layers, str) and not _LAYER_SPEC_RE.match(layers):
+            if not _MODULE_PATH_RE.match(layers.strip()):
+                raise SSLVitalsError(
+                    f"layers={layers!r} is neither 'all', nor comma-separated layer indices "
+                    "(e.g. '0,6,12' or '-1'), nor the dotted path of the ModuleList holding the "
+                    "blocks (e.g. 'encoder.layers'); fix the layer list"
+                )
             if blocks is not None:
                 raise SSLVitalsError(
                     "give the block list either as layers='path' or as blocks='path', not both"
@@ -167,6 +180,9 @@ class LayerTap:
     def __enter__(self) -> "LayerTap":
         if self._handles:
             raise SSLVitalsError("this LayerTap is already active; do not nest `with tap:`")
+        # a new `with` block is a new capture: frames of an earlier block are not kept
+        # (input lengths given for the next forward stay)
+        self._batches = []
         self._modes = {m: m.training for m in self.model.modules()}
         if self.eval_mode:
             self.model.eval()

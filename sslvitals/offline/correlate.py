@@ -34,6 +34,7 @@ from scipy import stats
 
 from sslvitals.errors import SSLVitalsError
 from sslvitals.metric_table import better_of
+from sslvitals.offline.output import CORRELATION_COLUMNS
 
 __all__ = [
     "add_arguments",
@@ -124,9 +125,14 @@ def load_downstream(path: str | Path) -> pd.DataFrame:
             )
         frame = pd.DataFrame(data)
     else:
+        from io import StringIO
+
+        from sslvitals.offline.io import check_complete_csv
+
         sep = "\t" if p.suffix.lower() == ".tsv" else ","
+        text = check_complete_csv(p, delimiter=sep, require_newline=False)
         try:
-            frame = pd.read_csv(p, sep=sep)
+            frame = pd.read_csv(StringIO(text), sep=sep)
         except (OSError, ValueError) as exc:
             raise SSLVitalsError(f"cannot read downstream table {p}: {exc}") from exc
     if "checkpoint" in frame.columns and frame["checkpoint"].notna().all():
@@ -383,7 +389,7 @@ def spearman_pvalue(x: np.ndarray, y: np.ndarray) -> float:
         y: ``(n,)`` values.
 
     Returns:
-        The p-value.
+        The p-value; NaN when rho is undefined (a constant side).
     """
     n = len(x)
     if n > _EXACT_MAX_N:
@@ -391,6 +397,8 @@ def spearman_pvalue(x: np.ndarray, y: np.ndarray) -> float:
     from itertools import permutations
 
     observed = abs(float(spearman_rows(x[None, :], y[None, :])[0]))
+    if math.isnan(observed):  # a constant side: no correlation, so no p-value
+        return math.nan
     perms = np.array(list(permutations(range(n))))
     rhos = spearman_rows(np.broadcast_to(x, (len(perms), n)), y[perms])
     return float(np.mean(np.abs(rhos) >= observed - 1e-12))
@@ -468,21 +476,35 @@ def correlate(
     """
     values, scores = join_downstream(results, downstream, step=step, allow_missing=allow_missing)
     rows = []
+    nan_stats = {k: math.nan for k in ("spearman", "spearman_lo", "spearman_hi", "spearman_p",
+                                       "kendall", "kendall_lo", "kendall_hi", "kendall_p")}
     for task, task_scores in scores.groupby("task", sort=True):
         good = task_scores.set_index("unit")["goodness"]
         direction = str(task_scores["direction"].iloc[0])
+        undefined: dict[str, list[str]] = {}
+        n_pairs = 0
         for (metric, layer), group in values.groupby(["metric", "layer"], dropna=False, sort=True):
+            n_pairs += 1
             g = group.set_index("unit")["value"].astype(float)
-            common = [u for u in good.index if u in g.index and not math.isnan(g[u])]
+            # inf and NaN values carry no rank: such units are left out of this pair
+            common = [u for u in good.index if u in g.index and math.isfinite(g[u])
+                      and math.isfinite(float(good[u]))]
             x = g.reindex(common).to_numpy(float)
             y = good.reindex(common).to_numpy(float)
             row = {"task": task, "direction": direction, "metric": metric,
                    "layer": layer, "n": len(common), "metric_better": better_of(str(metric))}
-            if len(common) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-                reason = "fewer than 3 units" if len(common) < 3 else "constant values"
-                logger.debug("no correlation for %s L%s on %s: %s", metric, layer, task, reason)
-                row.update({k: math.nan for k in ("spearman", "spearman_lo", "spearman_hi", "spearman_p",
-                                                   "kendall", "kendall_lo", "kendall_hi", "kendall_p")})
+            name = str(metric) if pd.isna(layer) else f"{metric} L{int(layer)}"
+            if len(common) < 3:
+                reason = "fewer than 3 units with a finite value"
+            elif np.ptp(x) == 0:
+                reason = "the metric is constant over the units"
+            elif np.ptp(y) == 0:
+                reason = f"the {task} scores are constant over the units"
+            else:
+                reason = ""
+            if reason:
+                undefined.setdefault(reason, []).append(name)
+                row.update(nan_stats)
             else:
                 sp = stats.spearmanr(x, y)
                 kt = stats.kendalltau(x, y)
@@ -499,8 +521,20 @@ def correlate(
                         "kendall_p": float(kt.pvalue),
                     }
                 )
+                # a p-value only goes with a defined correlation
+                for stat_name in ("spearman", "kendall"):
+                    if not math.isfinite(row[stat_name]):
+                        row[f"{stat_name}_p"] = math.nan
             rows.append(row)
-    out = pd.DataFrame(rows)
+        if undefined:
+            n_undefined = sum(len(v) for v in undefined.values())
+            detail = "; ".join(f"{reason}: {', '.join(names[:6])}"
+                               + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                               for reason, names in undefined.items())
+            logger.warning("%s: no correlation for %d of %d (metric, layer) pairs (%s)%s", task,
+                           n_undefined, n_pairs, detail,
+                           "; the table of this task is empty" if n_undefined == n_pairs else "")
+    out = pd.DataFrame(rows, columns=list(CORRELATION_COLUMNS))
     if out.empty:
         return out
     out["layer"] = pd.array(out["layer"], dtype="Int64")
@@ -576,11 +610,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="drop (with a warning listing them) downstream units absent from the results",
     )
+    parser.add_argument("--force", action="store_true",
+                        help="replace PREFIX.csv / PREFIX.md even when they are not outputs of "
+                        "sslvitals correlate (their content is lost)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute and write the correlation tables; returns the exit status."""
+    """Compute and write the correlation tables.
+
+    Returns:
+        0, or 1 when no correlation at all is defined (the warnings say why); the tables are
+        written either way.
+    """
     from sslvitals.offline.io import load_results
+    from sslvitals.offline.output import check_output, markdown_marker, write_atomic
 
     if len(args.inputs) < 2:
         raise SSLVitalsError("give at least one results file and then the downstream table")
@@ -589,6 +632,22 @@ def run(args: argparse.Namespace) -> int:
         raise SSLVitalsError(
             f"the last argument must be the downstream table (.csv or .yaml), got {downstream_path}"
         )
+    if args.n_boot < 0:
+        raise SSLVitalsError(f"--n-boot must be >= 0 (0: no intervals), got {args.n_boot}")
+    if not 0.0 < args.level < 1.0:
+        raise SSLVitalsError(f"--level must be between 0 and 1 (e.g. 0.95), got {args.level}")
+    if args.top is not None and args.top < 1:
+        raise SSLVitalsError(f"--top must be >= 1, got {args.top}")
+    # every output is checked before any work: never an input, never a file of someone else
+    from sslvitals.offline.output import inputs_of
+
+    inputs = inputs_of(args.inputs)
+    prefix = Path(args.out)
+    csv_path = prefix.with_name(prefix.name + ".csv")
+    md_path = prefix.with_name(prefix.name + ".md")
+    force = getattr(args, "force", False)
+    check_output(csv_path, kind="correlations", command="correlate", inputs=inputs, force=force)
+    check_output(md_path, kind="correlate-md", command="correlate", inputs=inputs, force=force)
     results = load_results(result_paths)
     downstream = load_downstream(downstream_path)
     table = correlate(
@@ -601,13 +660,12 @@ def run(args: argparse.Namespace) -> int:
         f"result (scores of lower-is-better tasks are negated). {args.n_boot} bootstrap "
         f"resamples, seed {args.seed}.\n\n"
     )
-    prefix = Path(args.out)
-    if prefix.parent and not prefix.parent.exists():
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = prefix.with_name(prefix.name + ".csv")
-    md_path = prefix.with_name(prefix.name + ".md")
-    table.to_csv(csv_path, index=False, float_format="%.6g")
-    md_path.write_text(note + md, encoding="utf-8")
+    write_atomic(csv_path, lambda fh: table.to_csv(fh, index=False, float_format="%.6g"))
+    write_atomic(md_path, markdown_marker("correlate") + note + md)
     sys.stdout.write(note + md)
     logger.info("wrote %s and %s", csv_path, md_path)
+    if table.empty or not table["spearman"].notna().any():
+        logger.warning("no correlation is defined (see the warnings above: at least 3 units with "
+                       "finite, non-constant values are needed); exit status 1")
+        return 1
     return 0

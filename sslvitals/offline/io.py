@@ -11,11 +11,12 @@ so numbers measured online and offline end up in one :class:`pandas.DataFrame`.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -35,6 +36,7 @@ __all__ = [
     "normalise",
     "SETTING_COLUMNS",
     "settings_columns",
+    "check_complete_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,56 @@ def check_duplicates(frame: pd.DataFrame, *, source: str = "results") -> None:
         )
 
 
+def check_complete_csv(path: str | os.PathLike[str], text: str | None = None, *,
+                       delimiter: str = ",", require_newline: bool = True) -> str:
+    """Check that a CSV file was written to its end: a final newline and full rows.
+
+    A file cut while being written (a crash, a full disk, a partial copy) ends in the middle
+    of a row; read as it is, the cut row would give a wrong number (``0.`` for ``0.8125``)
+    and empty columns. Every row must have as many fields as the header.
+
+    Args:
+        path: The CSV file (for messages, and read when ``text`` is None).
+        text: Its content, if already read.
+        delimiter: Field separator (``"\\t"`` for TSV).
+        require_newline: Also require the final newline every program-written CSV has (off
+            for tables people type, whose editor may leave it out).
+
+    Returns:
+        The file's text.
+
+    Raises:
+        SSLVitalsError: naming the first incomplete line and how to recover.
+    """
+    p = Path(path)
+    if text is None:
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SSLVitalsError(f"cannot read {p}: {exc}") from exc
+    if not text:
+        return text
+    fix = ("the file was cut while being written (a crash or a full disk). Delete that line to "
+           "keep the rows before it, or re-create the file")
+    if require_newline and not text.endswith("\n"):
+        last = text.rsplit("\n", 1)[-1]
+        raise SSLVitalsError(
+            f"{p}: the last line ends without a newline ({last[:60]!r}): {fix}"
+        )
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(rows)
+        for row in rows:
+            if row and len(row) != len(header):
+                raise SSLVitalsError(
+                    f"{p}, line {rows.line_num}: {len(row)} fields where the header has "
+                    f"{len(header)} ({delimiter.join(row)[:60]!r}): {fix}"
+                )
+    except csv.Error as exc:
+        raise SSLVitalsError(f"{p}: not a readable CSV file ({exc}): {fix}") from exc
+    return text
+
+
 def read_score_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one ``sslvitals score`` output (``.csv`` or ``.json``).
 
@@ -142,7 +194,8 @@ def read_score_file(path: str | os.PathLike[str]) -> pd.DataFrame:
         Long-format frame.
 
     Raises:
-        SSLVitalsError: if the file is unreadable or lacks the required columns.
+        SSLVitalsError: if the file is unreadable, incomplete (a CSV cut in the middle of a
+            row, see :func:`check_complete_csv`) or lacks the required columns.
     """
     p = Path(path)
     try:
@@ -152,7 +205,11 @@ def read_score_file(path: str | os.PathLike[str]) -> pd.DataFrame:
             rows = data.get("rows", []) if isinstance(data, dict) else data
             frame = pd.DataFrame(rows) if rows else _empty_frame()
         else:
-            frame = pd.read_csv(p, keep_default_na=True, dtype={c: str for c in _TEXT_SETTINGS})
+            text = check_complete_csv(p)
+            if not text.strip():
+                return _empty_frame()
+            frame = pd.read_csv(io.StringIO(text), keep_default_na=True,
+                                dtype={c: str for c in _TEXT_SETTINGS})
     except (OSError, ValueError) as exc:
         raise SSLVitalsError(f"cannot read results file {p}: {exc}") from exc
     if frame.empty and len(frame.columns) == 0:
@@ -270,27 +327,19 @@ def load_results(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
 
 
 def write_results(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write a long-format table atomically (temporary file + rename).
+    """Write a long-format table atomically (temporary file + rename, see
+    :func:`sslvitals.offline.output.write_atomic`: the file keeps its mode, or gets the umask).
 
     Args:
         frame: Long-format table.
         path: ``.json`` writes a list of row objects; anything else writes CSV.
     """
+    from sslvitals.offline.output import write_atomic
+
     p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
     frame = normalise(frame)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent or "."))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            if p.suffix.lower() == ".json":
-                rows = json.loads(frame.to_json(orient="records"))
-                json.dump(rows, fh, indent=1)
-                fh.write("\n")
-            else:
-                frame.to_csv(fh, index=False)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if p.suffix.lower() == ".json":
+        rows = json.loads(frame.to_json(orient="records"))
+        write_atomic(p, json.dumps(rows, indent=1) + "\n")
+    else:
+        write_atomic(p, lambda fh: frame.to_csv(fh, index=False))

@@ -131,12 +131,14 @@ def detect_kind(path: str | os.PathLike[str]) -> CheckpointSpec:
 
 
 def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[CheckpointSpec]:
-    """Expand files and directories into checkpoint specs (duplicates removed, order kept).
+    """Expand files and directories into checkpoint specs (duplicates removed, order kept;
+    the same file named by two paths counts once).
 
     A directory is one transformers model (``config.json``), an ESPnet experiment
     (``config.yaml``: every ``<N>epoch.pth``), or a folder of checkpoints: its fairseq
     ``*.pt`` files (``checkpoint_last.pt`` / ``checkpoint_best.pt`` skipped: they copy a
-    numbered one; name them explicitly to score them), transformers ``checkpoint-N``
+    numbered one; name them explicitly to score them; a folder without numbered ones gives its
+    ``checkpoint_last.pt``, with a warning), transformers ``checkpoint-N``
     sub-directories and ESPnet sub-directories. A SpeechBrain ``CKPT+*`` folder is one
     checkpoint; a SpeechBrain ``save`` folder, or the output folder above it, gives every
     ``CKPT+*`` in it (in name order, which is time order); sub-directories holding either are
@@ -173,7 +175,15 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[Checkpoi
                     found.extend(_espnet_entries(child, child / "config.yaml"))
                 elif child.is_dir() and _speechbrain_ckpts(child):
                     found.extend(_speechbrain_ckpts(child))
-            if skipped:
+            if skipped and not found:
+                # a save dir with no numbered checkpoint (e.g. --save-interval-updates unset):
+                # the newest model is checkpoint_last.pt
+                chosen = "checkpoint_last.pt" if "checkpoint_last.pt" in skipped else skipped[0]
+                logger.warning("%s holds no numbered checkpoint (checkpoint_<epoch>_<update>.pt), "
+                               "only %s: scoring %s; name the others explicitly to score them",
+                               p, " and ".join(skipped), chosen)
+                found.append(CheckpointSpec(os.path.normpath(str(p / chosen)), "fairseq"))
+            elif skipped:
                 logger.info("%s: skipping %s (copies of numbered checkpoints)", p, ", ".join(skipped))
             if not found:
                 raise SSLVitalsError(
@@ -186,10 +196,12 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> list[Checkpoi
             specs.append(detect_kind(p))
     unique: dict[str, CheckpointSpec] = {}
     for s in specs:
-        if s.path in unique:
-            logger.warning("checkpoint %s given twice; scoring it once", s.path)
+        key = os.path.realpath(s.path)  # the same file by another path is the same checkpoint
+        if key in unique:
+            logger.warning("checkpoint %s given twice (as %s); scoring it once", s.path,
+                           unique[key].path)
             continue
-        unique[s.path] = s
+        unique[key] = s
     return list(unique.values())
 
 

@@ -12,9 +12,18 @@ A layer frame running at ``r`` frames per second is paired with the mean of the
 ``100 / r`` log-mel frames that start where it starts (two at 50 Hz), so the pairs cover the
 same audio. Pairs are sampled with the project's seeded reservoir (a fixed, sharding-free
 choice of frames) and compared with projection-weighted CCA.
+
+Cost: the pass is linear in the probe's audio. The reservoir keeps the pairs with the
+smallest frame keys, and an update costs a sort of everything it holds; so pairs are offered
+in blocks of at least a quarter of its capacity (not one utterance at a time, which made the
+sorting grow with capacity x utterances), and once it is full only pairs whose key is below
+its current largest one (the only ones that can still enter) are built and kept. The sample,
+and so the value, is exactly the one of per-utterance updates
+(``benchmarks/melcca.md``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Callable, Iterable
@@ -40,6 +49,12 @@ def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
 
 def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank(n_mels: int, n_fft: int, sample_rate: int) -> torch.Tensor:
+    """The default-range filterbank, built once per shape (read-only: callers copy it)."""
+    return mel_filterbank(n_mels, n_fft, sample_rate)
 
 
 def mel_filterbank(n_mels: int = N_MELS, n_fft: int = WIN, sample_rate: int = 16000,
@@ -87,7 +102,7 @@ def log_mel(wav: torch.Tensor, sample_rate: int = 16000, n_mels: int = N_MELS) -
     spec = torch.stft(wav, n_fft=WIN, hop_length=HOP, win_length=WIN, window=window,
                       center=False, return_complex=True)
     power = spec.real ** 2 + spec.imag ** 2  # (n_fft//2+1, F)
-    fb = mel_filterbank(n_mels, WIN, sample_rate).to(wav.device)
+    fb = _filterbank(n_mels, WIN, sample_rate).to(wav.device)
     mel = fb @ power
     return torch.log(torch.clamp(mel, min=1e-10)).T.contiguous().to(torch.float32)
 
@@ -109,6 +124,41 @@ def pair_with_mel(frames: torch.Tensor, mel: torch.Tensor, layer_rate: float) ->
         return frames[:0], mel[:0]
     pooled = mel[: n * f].reshape(n, f, mel.shape[1]).mean(dim=1)
     return frames[:n], pooled
+
+
+class _PairBuffer:
+    """Pairs of one layer waiting to enter its reservoir, offered in large blocks.
+
+    Once the reservoir is full, a pair whose key is not below the reservoir's largest key can
+    never enter it (that largest key only decreases), so such pairs are dropped at once.
+    """
+
+    def __init__(self, sampler: Any, block: int) -> None:
+        self.sampler = sampler
+        self.block = block
+        self.rows: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []
+        self.n = 0
+        self.threshold: int | None = None  # largest kept key once the reservoir is full
+
+    def admit(self, keys: torch.Tensor) -> torch.Tensor | None:
+        """Which of ``keys`` can still enter: a boolean mask, or None for all of them."""
+        return None if self.threshold is None else keys < self.threshold
+
+    def add(self, joint: torch.Tensor, keys: torch.Tensor) -> None:
+        self.rows.append(joint)
+        self.keys.append(keys)
+        self.n += int(keys.shape[0])
+        if self.n >= self.block:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.n:
+            return
+        self.sampler.update(torch.cat(self.rows), keys=torch.cat(self.keys))
+        self.rows, self.keys, self.n = [], [], 0
+        if len(self.sampler) == self.sampler.capacity:
+            self.threshold = int(self.sampler.keys[-1])
 
 
 def cca_mel_scores(model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module, Any], Any],
@@ -134,8 +184,9 @@ def cca_mel_scores(model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module
     from sslvitals.metrics import cca_similarity
     from sslvitals.streaming import ReservoirSampler, frame_keys
 
-    samplers: dict[int, ReservoirSampler] = {}
+    buffers: dict[int, _PairBuffer] = {}
     dims: dict[int, int] = {}
+    block = max(1024, capacity // 4)
     was_training = model.training
     model.eval()
     try:
@@ -144,36 +195,43 @@ def cca_mel_scores(model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module
             it = progress(batches) if progress is not None else batches
             for batch in it:
                 tap.clear()
+                lengths = getattr(batch, "lengths", None)
+                if lengths is not None:  # frames of the unpadded audio, as the monitor counts
+                    tap.set_input_lengths(lengths)
                 forward_fn(model, batch)
                 utts = tap.utterances()
-                mels = [log_mel(batch.wav[i, : int(batch.lengths[i])], batch.sample_rate)
-                        for i in range(batch.wav.shape[0])]
+                mels: dict[int, torch.Tensor] = {}
                 for layer in layers:
-                    xs, ms, keys = [], [], []
+                    buf = buffers.get(layer)
                     for i, u in enumerate(utts[layer]):
+                        if i not in mels:
+                            mels[i] = log_mel(batch.wav[i, : int(batch.lengths[i])], batch.sample_rate)
                         x, m = pair_with_mel(u.detach().float().cpu(), mels[i], rates.get(layer, 50.0))
                         if x.shape[0] == 0:
                             continue
-                        xs.append(x)
-                        ms.append(m)
-                        keys.append(torch.as_tensor(frame_keys(batch.index[i], x.shape[0], seed)))
-                    if not xs:
-                        continue
-                    joint = torch.cat([torch.cat(xs), torch.cat(ms)], dim=1)
-                    if layer not in samplers:
-                        dims[layer] = xs[0].shape[1]
-                        samplers[layer] = ReservoirSampler(capacity, joint.shape[1], seed=seed)
-                    samplers[layer].update(joint, keys=torch.cat(keys))
+                        keys = torch.as_tensor(frame_keys(batch.index[i], x.shape[0], seed))
+                        if buf is None:
+                            dims[layer] = x.shape[1]
+                            buf = buffers[layer] = _PairBuffer(
+                                ReservoirSampler(capacity, x.shape[1] + m.shape[1], seed=seed), block)
+                        mask = buf.admit(keys)
+                        if mask is not None:
+                            if not bool(mask.any()):
+                                continue
+                            x, m, keys = x[mask], m[mask], keys[mask]
+                        buf.add(torch.cat([x, m], dim=1), keys)
             tap.clear()
+        for buf in buffers.values():
+            buf.flush()
     finally:
         model.train(was_training)
     out: dict[int, float] = {}
     for layer in layers:
-        if layer not in samplers:
+        if layer not in buffers or len(buffers[layer].sampler) == 0:
             out[layer] = math.nan
             logger.warning("cca_mel: no frames captured on layer %d", layer)
             continue
-        joint, _ = samplers[layer].sample()
+        joint, _ = buffers[layer].sampler.sample()
         joint = torch.as_tensor(joint).double()
         d = dims[layer]
         try:

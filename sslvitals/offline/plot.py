@@ -63,15 +63,31 @@ def _pyplot():
     return plt
 
 
-def _save(fig, prefix: str | Path, suffix: str) -> list[str]:
-    out = []
+def _figure_paths(prefix: str | Path, suffix: str) -> list[Path]:
+    """The PNG and PDF files of one figure: ``<prefix><suffix>.png`` and ``.pdf``."""
     base = Path(f"{prefix}{suffix}")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "pdf"):
-        path = base.with_name(base.name + f".{ext}")
-        fig.savefig(path, bbox_inches="tight", metadata=None if ext == "png" else {"CreationDate": None})
+    return [base.with_name(base.name + f".{ext}") for ext in ("png", "pdf")]
+
+
+def _save(fig, prefix: str | Path, suffix: str) -> list[str]:
+    """Write ``fig`` as PNG and PDF, each atomically, tagged as an sslvitals figure."""
+    import matplotlib
+
+    from sslvitals.offline.output import FIGURE_TAG, write_atomic
+
+    tag = f"{FIGURE_TAG} with matplotlib {matplotlib.__version__}"
+    out = []
+    for path in _figure_paths(prefix, suffix):
+        ext = path.suffix[1:]
+        meta = {"Software": tag} if ext == "png" else {"Creator": tag, "CreationDate": None}
+        write_atomic(path, lambda fh, ext=ext, meta=meta: fig.savefig(
+            fh, format=ext, bbox_inches="tight", metadata=meta), binary=True)
         out.append(str(path))
     return out
+
+
+def _safe_task(task: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(task))
 
 
 def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
@@ -327,8 +343,7 @@ def plot_downstream_scatter(
         for j in range(len(chosen), nrows * ncols):
             axes[j // ncols][j % ncols].axis("off")
         _offset_into_xlabel(fig)
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(task))
-        written += _save(fig, out_prefix, f"_scatter_{safe}")
+        written += _save(fig, out_prefix, f"_scatter_{_safe_task(str(task))}")
         plt.close(fig)
     return written
 
@@ -347,33 +362,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop downstream units absent from the results (listed in a warning)")
     parser.add_argument("--kinds", default="updates,heatmap,scatter",
                         help="which figures: comma-separated from updates, heatmap, scatter")
+    parser.add_argument("--force", action="store_true",
+                        help="replace figure files even when sslvitals plot did not write them "
+                        "(their content is lost)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the figures; returns the exit status."""
     from sslvitals.offline.io import load_results
+    from sslvitals.offline.output import check_output, inputs_of
 
-    frame = load_results(args.results)
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
     unknown = kinds - {"updates", "heatmap", "scatter"}
-    if unknown:
+    if unknown or not kinds:
         raise SSLVitalsError(f"unknown --kinds {sorted(unknown)}; use updates, heatmap, scatter")
+    try:
+        layers = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else None
+    except ValueError as exc:
+        raise SSLVitalsError(
+            f"--layers must be comma-separated integers (e.g. 0,6,12), got {args.layers!r}"
+        ) from exc
+    if args.top < 1:
+        raise SSLVitalsError(f"--top must be >= 1, got {args.top}")
+    frame = load_results(args.results)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    downstream = None
+    if "scatter" in kinds and args.downstream:
+        from sslvitals.offline.correlate import load_downstream
+
+        downstream = load_downstream(args.downstream)
+    # every file this run may write is checked before the first figure is drawn
+    planned: list[Path] = []
+    with_steps = bool(frame["step"].notna().any())
+    if "updates" in kinds and with_steps:
+        planned += _figure_paths(args.out, "_updates")
+    if "heatmap" in kinds:
+        for metric in _metric_list(_prepare(frame), metrics):
+            planned += _figure_paths(args.out, f"_heatmap_{metric}")
+    if downstream is not None:
+        for task in sorted(set(downstream["task"])):
+            planned += _figure_paths(args.out, f"_scatter_{_safe_task(str(task))}")
+    inputs = inputs_of(list(args.results) + ([args.downstream] if args.downstream else []))
+    for path in planned:
+        check_output(path, kind="figure", command="plot", inputs=inputs,
+                     force=getattr(args, "force", False))
     written: list[str] = []
     if "updates" in kinds:
-        if frame["step"].notna().any():
+        if with_steps:
             written += plot_metric_vs_update(frame, args.out, metrics, layers=layers)
         else:
             logger.warning("no steps in the results; skipping the metric-vs-update figure")
     if "heatmap" in kinds:
         written += plot_heatmaps(frame, args.out, metrics)
-    if "scatter" in kinds and args.downstream:
-        from sslvitals.offline.correlate import load_downstream
-
+    if downstream is not None:
         # --metrics limits the scatter panels too (the pretraining loss stays a candidate)
         scatter_frame = frame[frame["metric"].isin(metrics)] if metrics else frame
-        written += plot_downstream_scatter(scatter_frame, load_downstream(args.downstream), args.out,
+        written += plot_downstream_scatter(scatter_frame, downstream, args.out,
                                            top=args.top, step=args.step,
                                            allow_missing=args.allow_missing)
     for w in written:

@@ -162,22 +162,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
     parser.add_argument("--digits", type=int, default=4, help="significant digits (default 4)")
     parser.add_argument("--out", default=None, help="also write the markdown to this file")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even when it is not a table written by sslvitals "
+                        "table (its content is lost)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the tables; returns the exit status."""
     from sslvitals.offline.io import load_results
+    from sslvitals.offline.output import check_output, inputs_of, markdown_marker, write_atomic
 
-    frame = load_results(args.results)
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    if args.digits < 1:
+        raise SSLVitalsError(f"--digits must be >= 1, got {args.digits}")
     try:
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        layers = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else None
     except ValueError as exc:
-        raise SSLVitalsError(f"--layers must be comma-separated integers, got {args.layers!r}") from exc
+        raise SSLVitalsError(
+            f"--layers must be comma-separated integers (e.g. 0,6,12), got {args.layers!r}"
+        ) from exc
+    if args.out:
+        check_output(args.out, kind="table-md", command="table", inputs=inputs_of(args.results),
+                     force=args.force)
+    frame = load_results(args.results)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     text = format_table(frame, steps=args.steps, metrics=metrics, layers=layers, digits=args.digits)
     sys.stdout.write(text)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_atomic(args.out, markdown_marker("table") + text)
         logger.info("wrote %s", args.out)
     return 0
