@@ -6,26 +6,37 @@ fields with the same defaults so that runs from either toolkit are comparable.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from sslvitals.errors import SSLVitalsError
-from sslvitals.metric_table import ALL_METRICS, LABEL_FREE_METRICS, LABEL_METRICS
+from sslvitals.metric_table import (
+    ALL_METRICS,
+    DEFAULT_METRICS,
+    LABEL_FREE_METRICS,
+    ONLINE_METRICS,
+    LABEL_METRICS,
+    WORD_METRICS,
+)
 
 __all__ = [
     "VitalsConfig",
     "LABEL_FREE_METRICS",
     "LABEL_METRICS",
+    "WORD_METRICS",
     "ALL_METRICS",
     "DEFAULT_METRICS",
+    "LAYERWISE_METRICS",
+    "ONLINE_METRICS",
     "parse_layers",
     "parse_metrics",
 ]
 
-#: What ``metrics="default"`` means: every metric the online monitor computes (the label
-#: metrics only when the probe has labels). The names, their families and label needs come from
-#: the one metric table, :mod:`sslvitals.metric_table`.
-DEFAULT_METRICS: tuple[str, ...] = ALL_METRICS
+#: The measures of the layer-wise analyses (Pasad et al.; Clark et al. on MR-HuBERT), what
+#: ``metrics="layerwise"`` means: CCA and MI with phones and words (``cca_mel`` is added by
+#: ``sslvitals score``).
+LAYERWISE_METRICS: tuple[str, ...] = ("mi_phone", "mi_word", "nmi_word", "cca_phone", "cca_word")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -70,8 +81,8 @@ class VitalsConfig:
     metrics: str = field(
         default="default",
         metadata=_help(
-            "comma-separated metric names, 'default' or 'label_free'; valid names: "
-            + ", ".join(ALL_METRICS)
+            "comma-separated metric names, 'default', 'label_free', 'layerwise' or 'all'; "
+            "valid names: " + ", ".join(ONLINE_METRICS)
         ),
     )
     k: int = field(default=1024, metadata=_help("number of k-means clusters (1024 in the paper)"))
@@ -106,6 +117,28 @@ class VitalsConfig:
         metadata=_help(
             "JSON-lines file to append one record per validation to; default "
             "'<save_dir>/vitals.jsonl'"
+        ),
+    )
+    probe_words: str | None = field(
+        default=None,
+        metadata=_help(
+            "optional word alignments of the probe for mi_word, nmi_word and cca_word: "
+            "'utt start end word' TSV, Kaldi CTM (.ctm) or a folder of <utt>.TextGrid; default: "
+            "'<probe stem>.words.tsv' / '.ctm' / '.textgrid' if it exists"
+        ),
+    )
+    word_vectors: str | None = field(
+        default=None,
+        metadata=_help(
+            "word-vector text file ('word v1 v2 ...' per line, e.g. GloVe) that cca_word compares "
+            "mean-pooled word segments with; default: one-hot identity of the most frequent words"
+        ),
+    )
+    word_vocab_size: int = field(
+        default=500,
+        metadata=_help(
+            "the word-level measures count the tokens of the probe's word_vocab_size most "
+            "frequent words (counted over the probe's word alignments)"
         ),
     )
     batch_seconds: float = field(
@@ -166,13 +199,23 @@ class VitalsConfig:
             raise SSLVitalsError(f"vitals.device must be auto, cpu or cuda, got {self.device!r}")
         if self.batch_seconds <= 0:
             raise SSLVitalsError("vitals.batch_seconds must be > 0")
+        if self.word_vectors is not None and not os.path.isfile(self.word_vectors):
+            raise SSLVitalsError(
+                f"vitals.word_vectors={self.word_vectors} is not a file; give a 'word v1 v2 ...' "
+                "text file (e.g. GloVe) or leave it unset for one-hot word identity"
+            )
+        if self.word_vocab_size < 2:
+            raise SSLVitalsError(
+                f"vitals.word_vocab_size must be >= 2 (words to tell apart), got {self.word_vocab_size}"
+            )
 
 
 def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
     """Expand a metric specification into metric names.
 
     Args:
-        spec: ``"default"``, ``"label_free"``, ``"all"`` or comma-separated names (or a list).
+        spec: ``"default"``, ``"label_free"``, ``"layerwise"`` (:data:`LAYERWISE_METRICS`),
+            ``"all"`` or comma-separated names (or a list).
 
     Returns:
         Tuple of metric names in canonical order.
@@ -187,19 +230,21 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
     out: list[str] = []
     for item in items:
         if item in ("default", "all"):
-            out.extend(DEFAULT_METRICS if item == "default" else ALL_METRICS)
+            out.extend(DEFAULT_METRICS if item == "default" else ONLINE_METRICS)
         elif item == "label_free":
             out.extend(LABEL_FREE_METRICS)
-        elif item in ALL_METRICS:
+        elif item == "layerwise":
+            out.extend(LAYERWISE_METRICS)
+        elif item in ONLINE_METRICS:
             out.append(item)
         else:
             raise SSLVitalsError(
-                f"unknown metric {item!r}; valid metrics are: {', '.join(ALL_METRICS)} "
-                "(or 'default', 'label_free')"
+                f"unknown metric {item!r}; valid metrics are: {', '.join(ONLINE_METRICS)} "
+                "(or 'default', 'label_free', 'layerwise', 'all')"
             )
     if not out:
         raise SSLVitalsError("vitals.metrics is empty; use 'default' or list metric names")
-    return tuple(m for m in ALL_METRICS if m in set(out))
+    return tuple(m for m in ONLINE_METRICS if m in set(out))
 
 
 def parse_layers(spec: str | Sequence[int], num_layers: int | None) -> list[int] | None:

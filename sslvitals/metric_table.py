@@ -22,6 +22,9 @@ __all__ = [
     "names",
     "LABEL_FREE_METRICS",
     "LABEL_METRICS",
+    "WORD_METRICS",
+    "DEFAULT_METRICS",
+    "ONLINE_METRICS",
     "ALL_METRICS",
     "OFFLINE_ONLY_METRICS",
     "SETTING_FIELDS",
@@ -45,18 +48,24 @@ class MetricInfo:
         function: The functional implementation, as ``module:function`` under
             ``sslvitals.metrics`` (or ``sslvitals.offline``).
         needs_labels: True when the metric needs one phone label per frame.
+        needs_words: True when the metric needs the probe's word alignments (the word-level
+            measures of Pasad et al.); without them it reports NaN with one warning.
         better: ``"higher"`` or ``"lower"``: which direction reads as a better representation
             by the metric's own definition (cluster compactness, spread of the spectrum,
             agreement with phones); ``"none"`` when no direction is better by definition
             (alpha-ReQ: good representations sit near 1). Whether that direction predicts a
             better downstream score is what ``sslvitals correlate`` measures.
         frames: Which frames feed it: ``"all"`` (every probe frame, through a streaming sum),
-            ``"utterance sums"``, ``"reservoir"`` (the seeded k-means sample) or
-            ``"held-out"`` (every probe frame of the utterances k-means did not see).
+            ``"utterance sums"``, ``"reservoir"`` (the seeded k-means sample),
+            ``"held-out"`` (every probe frame of the utterances k-means did not see) or
+            ``"word means"`` (one mean-pooled vector per word token of every utterance,
+            through a streaming sum).
         settings: The :class:`~sslvitals.config.VitalsConfig` fields the value depends on
             (besides the model, the probe and ``max_probe_seconds``).
         online: False for metrics only ``sslvitals score`` computes (a second pass).
         summary: One line for tables and help texts.
+        in_default: Whether ``metrics="default"`` includes it (the word-level measures and
+            ``mi_phone`` are asked for by name, or with ``"all"`` / ``"layerwise"``).
     """
 
     name: str
@@ -68,6 +77,8 @@ class MetricInfo:
     settings: tuple[str, ...]
     summary: str
     online: bool = True
+    needs_words: bool = False
+    in_default: bool = True
 
 
 METRICS: tuple[MetricInfo, ...] = (
@@ -102,8 +113,21 @@ METRICS: tuple[MetricInfo, ...] = (
                "held-out", _KMEANS, "share of held-out frames in their phone's majority cluster"),
     MetricInfo("pnmi", "label", "labels:pnmi_from_counts", True, "higher", "held-out", _KMEANS,
                "I(phone; cluster) / H(phone) on held-out frames"),
+    MetricInfo("mi_phone", "label", "labels:mi_from_counts", True, "higher", "held-out", _KMEANS,
+               "I(phone; cluster) in nats on held-out frames", in_default=False),
+    MetricInfo("mi_word", "label", "labels:mi_from_counts", False, "higher", "held-out",
+               _KMEANS + ("word_vocab_size",),
+               "I(word; cluster) in nats on held-out frames inside the most frequent words",
+               needs_words=True, in_default=False),
+    MetricInfo("nmi_word", "label", "labels:label_nmi_from_counts", False, "higher", "held-out",
+               _KMEANS + ("word_vocab_size",), "I(word; cluster) / H(word) on the same frames",
+               needs_words=True, in_default=False),
     MetricInfo("cca_phone", "cca", "cca:cca_similarity", True, "higher", "reservoir",
                ("reservoir_size", "seed"), "PWCCA between the frames and one-hot phones"),
+    MetricInfo("cca_word", "cca", "cca:cca_similarity_from_gram", False, "higher", "word means",
+               ("word_vocab_size", "word_vectors"),
+               "PWCCA between mean-pooled word segments and word vectors (default one-hot)",
+               needs_words=True, in_default=False),
     MetricInfo("cca_mel", "cca", "offline.melcca:cca_mel_scores", False, "higher", "reservoir",
                ("seed",), "PWCCA between the frames and 80-band log-mel features", online=False),
 )
@@ -111,11 +135,19 @@ METRICS: tuple[MetricInfo, ...] = (
 _BY_NAME: dict[str, MetricInfo] = {m.name: m for m in METRICS}
 
 #: Metrics the online monitor computes that need only the frames.
-LABEL_FREE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.online and not m.needs_labels)
+LABEL_FREE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.online
+                                            and not m.needs_labels and not m.needs_words)
 #: Metrics the online monitor computes that need frame labels.
 LABEL_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.online and m.needs_labels)
-#: Every metric the online monitor computes, in canonical order.
-ALL_METRICS: tuple[str, ...] = LABEL_FREE_METRICS + LABEL_METRICS
+#: Metrics the online monitor computes that need the probe's word alignments.
+WORD_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.online and m.needs_words)
+#: Every metric the online monitor can compute, in canonical order (the opt-in ones included).
+ONLINE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.online)
+#: What ``metrics="default"`` means (the label metrics only when the probe has labels): every
+#: online metric but the opt-in ones (``in_default=False``), in canonical order.
+DEFAULT_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.online and m.in_default)
+#: The default set (kept under its historical name: every integration's default keys).
+ALL_METRICS: tuple[str, ...] = DEFAULT_METRICS
 #: Metrics only ``sslvitals score`` computes.
 OFFLINE_ONLY_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if not m.online)
 
@@ -211,8 +243,10 @@ def markdown_table() -> str:
     for m in METRICS:
         settings = ", ".join(f"{s}={getattr(defaults, s)}" for s in m.settings) or "-"
         where = "" if m.online else " (score only)"
+        where += "" if m.in_default or not m.online else " (by name)"
+        needs = "phones" if m.needs_labels else "words" if m.needs_words else "no"
         lines.append(
-            f"| `{m.name}`{where} | {m.family} | `{m.function}` | {'yes' if m.needs_labels else 'no'} "
+            f"| `{m.name}`{where} | {m.family} | `{m.function}` | {needs} "
             f"| {m.better} | {m.frames} | {settings} |"
         )
     return "\n".join(lines)

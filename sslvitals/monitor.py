@@ -14,6 +14,9 @@ streams each layer's frames into bounded accumulators, synchronises them across
     second pass (only with labels and a purity/PNMI metric configured):
     odd-indexed utterances --model--> frames --nearest centroid--> ContingencyAccumulator
         --> sync (sum) --> phone purity, cluster purity, PNMI of held-out frames
+                     (+ word alignments: word x cluster counts -> MI-word, NMI-word)
+    word alignments: one mean-pooled vector per word token of every utterance, next to its
+        word representation --> GramAccumulator of [mean, word vector] -> CCA-word
         --> {"vitals/<metric>/L<layer>": value}, the same on every rank
 
 Any failure of one metric is logged once and reported as NaN, unless ``cfg.strict``.
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from sslvitals.config import LABEL_METRICS, VitalsConfig, parse_layers, parse_metrics
+from sslvitals.config import LABEL_METRICS, WORD_METRICS, VitalsConfig, parse_layers, parse_metrics
 from sslvitals.errors import SSLVitalsError
 from sslvitals.keys import TIME_KEY, metric_key
 
@@ -38,11 +41,15 @@ __all__ = ["VitalsMonitor", "LayerState", "align_labels", "is_heldout"]
 logger = logging.getLogger(__name__)
 
 _CLUSTER_METRICS = ("inertia", "davies_bouldin", "calinski_harabasz", "silhouette",
-                    "simplified_silhouette", "phone_purity", "cluster_purity", "pnmi")
+                    "simplified_silhouette", "phone_purity", "cluster_purity", "pnmi", "mi_phone",
+                    "mi_word", "nmi_word")
 _GRAM_METRICS = ("rankme", "effective_rank", "alpha_req", "stable_rank", "nesum", "numerical_rank")
 _RESERVOIR_METRICS = _CLUSTER_METRICS + ("cca_phone",)
-#: Label metrics counted on held-out frames in a second pass (not on the k-means sample).
-_HELDOUT_METRICS = ("phone_purity", "cluster_purity", "pnmi")
+#: Phone-label metrics counted on held-out frames in a second pass (not on the k-means sample).
+_PHONE_HELDOUT = ("phone_purity", "cluster_purity", "pnmi", "mi_phone")
+#: Word-level metrics counted in the same pass, on the held-out frames inside words.
+_WORD_HELDOUT = ("mi_word", "nmi_word")
+_HELDOUT_METRICS = _PHONE_HELDOUT + _WORD_HELDOUT
 LABEL_RATE = 50.0
 
 
@@ -157,8 +164,26 @@ class LayerState:
         self.utt_gram = GramAccumulator(dim, device=device) if "rankme_t" in metrics else None
         self.reservoir = (ReservoirSampler(cfg.reservoir_size, dim, seed=cfg.seed)
                           if any(m in _RESERVOIR_METRICS for m in metrics) else None)
+        #: ``[word-token mean (dim), word representation]`` rows for cca_word; built when the
+        #: first word token arrives (its width depends on the word representation).
+        self.word_gram: Any = None
         self.frames = 0
         self.utterances = 0
+        self._device = device
+
+    def ensure_word_gram(self, word_dim: int) -> Any:
+        """The cca_word accumulator (rows ``[token mean, word vector]``), created on first use.
+
+        Raises:
+            SSLVitalsError: if it exists with another word-representation width.
+        """
+        from sslvitals.streaming import GramAccumulator
+
+        if self.word_gram is None:
+            self.word_gram = GramAccumulator(self.dim + int(word_dim), device=self._device)
+        elif self.word_gram.dim != self.dim + int(word_dim):
+            raise SSLVitalsError("the word representation changed width during a measurement")
+        return self.word_gram
 
     def sync(self, owner: int | None = None) -> None:
         """Synchronise every accumulator across ranks (no-op without torch.distributed).
@@ -168,7 +193,7 @@ class LayerState:
                 reservoir union (None: every rank does). The Gram matrices, O(D^2), are summed
                 on every rank.
         """
-        for acc in (self.gram, self.utt_gram):
+        for acc in (self.gram, self.utt_gram, self.word_gram):
             if acc is not None:
                 acc.sync()
         if self.reservoir is not None:
@@ -200,6 +225,7 @@ class VitalsMonitor:
         self.spread_layers = True
         self.last_seconds: float | None = None
         self.last_layers: list[int] = []
+        self._word_tables: dict[tuple[Any, ...], np.ndarray] = {}
 
     # ------------------------------------------------------------------ scheduling
     def due(self, index: int | None = None) -> bool:
@@ -288,17 +314,22 @@ class VitalsMonitor:
         source = factory() if factory is not None else batches
         keep: list[Any] | None = [] if (factory is None and self._wants_heldout()) else None
         states: dict[int, LayerState] = {}
+        flags: dict[str, bool | None] = {"words": None}
         layers, saw_labels, n_batches, error = self._pass(
             model, forward_fn, source, tap_layers, device,
-            lambda batch, utts, rates, lyrs: self._first_pass_batch(states, batch, utts, rates, lyrs, device, keep))
+            lambda batch, utts, rates, lyrs: self._first_pass_batch(states, batch, utts, rates, lyrs, device, keep,
+                                                                    flags))
         self.last_layers = layers
+        saw_words = flags["words"]
 
         # Every rank must take part in the same collectives in the same order, even a rank
         # whose shard was empty or whose forward failed: agree first on what each rank holds.
         if distributed:
             info = {"error": None if error is None else f"{type(error).__name__}: {error}",
                     "dims": {layer: st.dim for layer, st in states.items()},
-                    "labels": saw_labels}
+                    "labels": saw_labels, "words": saw_words,
+                    "word_dims": {layer: st.word_gram.dim - st.dim for layer, st in states.items()
+                                  if st.word_gram is not None}}
             everyone = dist.all_gather_object(info)
             errors = [f"rank {r}: {i['error']}" for r, i in enumerate(everyone) if i["error"]]
             if errors:
@@ -314,6 +345,12 @@ class VitalsMonitor:
                     states[layer] = LayerState(dims[layer], self.cfg, self.metrics, device)
             seen = [i["labels"] for i in everyone if i["labels"] is not None]
             saw_labels = bool(seen) and all(seen)
+            seen_w = [i["words"] for i in everyone if i["words"] is not None]
+            saw_words = bool(seen_w) and all(seen_w)
+            for i in everyone:  # every rank must hold the same accumulators to sum them
+                for layer, wdim in i["word_dims"].items():
+                    if layer in states:
+                        states[layer].ensure_word_gram(wdim)
             owners = self.layer_owners(layers, dist.world_size())
             for layer in sorted(layer for layer in layers if layer in states):
                 states[layer].sync(owner=owners[layer] if self.spread_layers else None)
@@ -322,6 +359,7 @@ class VitalsMonitor:
                 raise error
             return self._all_failed(layers, error, t0)
         have_labels = bool(saw_labels)
+        have_words = bool(saw_words)
         if distributed:
             # each rank computes the layers it owns; whatever happens there (strict-mode errors
             # included) reaches every rank, so no rank is left waiting in a collective
@@ -341,12 +379,23 @@ class VitalsMonitor:
                 centroids.update(cents)
         else:
             results, centroids = self._compute_all(states, layers, have_labels)
-        results = {k: results[k] for k in sorted(results, key=_key_order(layers))}
-        heldout = [m for m in self.metrics if m in _HELDOUT_METRICS] if have_labels else []
-        if heldout:
+        phone_heldout = [m for m in self.metrics if m in _PHONE_HELDOUT] if have_labels else []
+        word_heldout = [m for m in self.metrics if m in _WORD_HELDOUT] if have_words else []
+        if phone_heldout or word_heldout:
             second = factory() if factory is not None else (keep or [])
             results.update(self._heldout_pass(model, forward_fn, second, tap_layers, device,
-                                              layers, centroids, heldout, distributed))
+                                              layers, centroids, phone_heldout, distributed,
+                                              word_wanted=word_heldout))
+        if not have_words and any(m in WORD_METRICS for m in self.metrics):
+            missing = SSLVitalsError(
+                "the probe has no word alignments; put '<probe stem>.words.tsv' (utt start end "
+                "word), '<probe stem>.ctm' or a TextGrid folder beside it, or set "
+                "vitals.probe_words")
+            for layer in layers:
+                for m in self.metrics:
+                    if m in WORD_METRICS:
+                        results[metric_key(m, layer)] = self._fail(m, layer, missing)
+        results = {k: results[k] for k in sorted(results, key=_key_order(layers))}
         self.last_seconds = time.perf_counter() - t0
         results[TIME_KEY] = self.last_seconds
         logger.info("sslvitals: measured %d layers on %d batches in %.1f s%s", len(layers), n_batches,
@@ -404,24 +453,82 @@ class VitalsMonitor:
 
     def _first_pass_batch(self, states: dict[int, LayerState], batch: Any,
                           utts: dict[int, list[torch.Tensor]], rates: dict[int, float],
-                          layers: list[int], device: torch.device, keep: list[Any] | None) -> None:
+                          layers: list[int], device: torch.device, keep: list[Any] | None,
+                          flags: dict[str, bool | None] | None = None) -> None:
         labels = getattr(batch, "labels", None)
+        words = getattr(batch, "words", None)
+        if flags is not None:
+            has = words is not None and getattr(batch, "word_vocab", None) is not None
+            flags["words"] = has if flags["words"] is None else (flags["words"] and has)
         for layer in layers:
             self._update_layer(states, layer, utts[layer], batch, labels,
                                rates.get(layer, LABEL_RATE), device)
-        if keep is not None and labels is not None and any(is_heldout(i) for i in batch.index):
+        if (keep is not None and (labels is not None or words is not None)
+                and any(is_heldout(i) for i in batch.index)):
             keep.append(batch)
+
+    def word_table(self, vocab: tuple[str, ...]) -> np.ndarray:
+        """The word representation of the probe's words (one row per word id; see
+        :func:`sslvitals.words.word_table`), read once per vocabulary."""
+        from sslvitals.words import word_table
+
+        key = (tuple(vocab), self.cfg.word_vocab_size, self.cfg.word_vectors)
+        if key not in self._word_tables:
+            self._word_tables[key] = word_table(vocab, self.cfg.word_vocab_size,
+                                                self.cfg.word_vectors)
+        return self._word_tables[key]
+
+    def _update_word_means(self, st: LayerState, keep: list[tuple[int, torch.Tensor]], batch: Any,
+                           rate: float, device: torch.device) -> None:
+        """Add one row ``[mean of the token's frames, its word's representation]`` per word
+        token (of the represented words) of every utterance to ``st.word_gram``."""
+        table = self.word_table(batch.word_vocab)
+        rows = []
+        for i, u in keep:
+            tok50 = np.asarray(batch.word_tokens[i], dtype=np.int64)
+            ids50 = np.asarray(batch.words[i], dtype=np.int64)
+            inside = tok50 >= 0
+            if not inside.any():
+                continue
+            word_of = np.full(int(tok50.max()) + 1, -1, dtype=np.int64)
+            word_of[tok50[inside]] = ids50[inside]
+            tok = align_labels(tok50, u.shape[0], rate)
+            sel = np.nonzero(tok >= 0)[0]
+            if sel.size == 0:
+                continue
+            uniq, inv = np.unique(tok[sel], return_inverse=True)
+            wid = word_of[uniq]
+            ok = (wid >= 0) & (wid < table.shape[0])
+            ok[ok] = np.isfinite(table[wid[ok]]).all(axis=1)
+            if not ok.any():
+                continue
+            x = u[torch.from_numpy(sel).to(u.device)].to(device=device, dtype=torch.float64)
+            sums = torch.zeros(len(uniq), x.shape[1], dtype=torch.float64, device=device)
+            sums.index_add_(0, torch.from_numpy(inv.astype(np.int64)).to(device), x)
+            counts = torch.from_numpy(np.bincount(inv, minlength=len(uniq)).astype(np.float64))
+            means = sums / counts.to(device)[:, None]
+            keep_rows = torch.from_numpy(np.nonzero(ok)[0]).to(device)
+            reps = torch.from_numpy(table[wid[ok]]).to(device=device, dtype=torch.float64)
+            rows.append(torch.cat([means[keep_rows], reps], dim=1))
+        if rows:
+            st.ensure_word_gram(table.shape[1]).update(torch.cat(rows))
 
     def _heldout_pass(self, model: torch.nn.Module, forward_fn: Callable[[torch.nn.Module, Any], Any],
                       batches: Iterable[Any], tap_layers: Any, device: torch.device,
                       layers: list[int], centroids: dict[int, torch.Tensor | None],
-                      wanted: list[str], distributed: bool) -> dict[str, float]:
-        """Second pass: count (phone, cluster) pairs of every held-out frame; label metrics."""
+                      wanted: list[str], distributed: bool, *,
+                      word_wanted: list[str] | None = None) -> dict[str, float]:
+        """Second pass: count (phone, cluster) pairs of every held-out frame, and (word,
+        cluster) pairs of its frames inside the ``word_vocab_size`` most frequent words;
+        the label metrics of ``wanted`` and the word metrics of ``word_wanted``."""
         from sslvitals import distributed as dist
         from sslvitals import metrics as M
         from sslvitals.streaming import ContingencyAccumulator
 
+        word_wanted = list(word_wanted or [])
         counts = {layer: ContingencyAccumulator() for layer in layers}
+        word_counts = {layer: ContingencyAccumulator() for layer in layers}
+        vocab_size = int(self.cfg.word_vocab_size)
 
         def on_batch(batch: Any, utts: dict[int, list[torch.Tensor]], rates: dict[int, float],
                      lyrs: list[int]) -> None:
@@ -435,8 +542,15 @@ class VitalsMonitor:
                     if u.shape[0] == 0:
                         continue
                     assigned, _ = M.assign(u.to(device=device, dtype=torch.float32), cent.to(device))
-                    phones = align_labels(batch.labels[r], u.shape[0], rates.get(layer, LABEL_RATE))
-                    counts[layer].update(torch.from_numpy(phones), assigned.cpu())
+                    rate = rates.get(layer, LABEL_RATE)
+                    if wanted and batch.labels is not None:
+                        phones = align_labels(batch.labels[r], u.shape[0], rate)
+                        counts[layer].update(torch.from_numpy(phones), assigned.cpu())
+                    if word_wanted and getattr(batch, "words", None) is not None:
+                        ids = align_labels(batch.words[r], u.shape[0], rate)
+                        inside = torch.from_numpy((ids >= 0) & (ids < vocab_size))
+                        word_counts[layer].update(torch.from_numpy(ids)[inside],
+                                                  assigned.cpu()[inside])
 
         def wanted_rows(source: Iterable[Any]) -> Iterable[Any]:
             for batch in source:
@@ -452,15 +566,33 @@ class VitalsMonitor:
             else:
                 for layer in layers:
                     counts[layer].sync()
+                    word_counts[layer].sync()
         out: dict[str, float] = {}
         for layer in layers:
             if error is not None:
-                for m in wanted:
+                for m in wanted + word_wanted:
                     out[metric_key(m, layer)] = self._fail(m, layer, error)
                 continue
             if centroids.get(layer) is None:
-                for m in wanted:
+                for m in wanted + word_wanted:
                     out.setdefault(metric_key(m, layer), float("nan"))
+                continue
+            if word_wanted:
+                cw = np.asarray(word_counts[layer].counts())
+                if cw.sum() == 0:
+                    exc = SSLVitalsError(
+                        "no held-out frame inside a word: the word metrics are counted on the "
+                        "odd-indexed probe utterances' frames inside the word_vocab_size most "
+                        "frequent words; use a probe of at least two utterances with words")
+                    for m in word_wanted:
+                        out[metric_key(m, layer)] = self._fail(m, layer, exc)
+                else:
+                    for m in word_wanted:
+                        if m == "mi_word":
+                            self._safe(out, m, layer, lambda: M.mi_from_counts(cw))
+                        elif m == "nmi_word":
+                            self._safe(out, m, layer, lambda: M.label_nmi_from_counts(cw, "word"))
+            if not wanted:
                 continue
             c = np.asarray(counts[layer].counts())
             if c.sum() == 0:
@@ -484,6 +616,8 @@ class VitalsMonitor:
                     self._safe(out, m, layer, lambda v=value: v)
                 elif m == "pnmi":
                     self._safe(out, m, layer, lambda: M.pnmi_from_counts(c))
+                elif m == "mi_phone":
+                    self._safe(out, m, layer, lambda: M.mi_from_counts(c))
         return out
 
     def _update_layer(self, states: dict[int, LayerState], layer: int, utts: list[torch.Tensor],
@@ -507,6 +641,9 @@ class VitalsMonitor:
         st.frames += x.shape[0]
         offsets = np.concatenate([[0], np.cumsum([u.shape[0] for _, u in keep])]).tolist()
         st.utterances += len(keep)
+        if ("cca_word" in self.metrics and getattr(batch, "words", None) is not None
+                and getattr(batch, "word_vocab", None) is not None):
+            self._update_word_means(st, keep, batch, rate, device)
         if st.reservoir is not None:
             index = list(batch.index)
             fit = [(j, i, u) for j, (i, u) in enumerate(keep) if not is_heldout(index[i])]
@@ -615,6 +752,11 @@ class VitalsMonitor:
                     out[metric_key(m, layer)] = self._fail(m, layer, exc)
         if "rankme_t" in wanted:
             self._safe(out, "rankme_t", layer, lambda: st.utt_gram.compute(measures=["rankme"])["rankme"])
+        if "cca_word" in wanted and st.word_gram is not None:
+            wg = st.word_gram
+            self._safe(out, "cca_word", layer,
+                       lambda: M.cca_similarity_from_gram(wg.gram, wg.col_sum, wg.count, st.dim,
+                                                          method="pwcca"))
         res_wanted = [m for m in wanted if m in _RESERVOIR_METRICS]
         if not res_wanted or st.reservoir is None:
             return out, None

@@ -11,6 +11,10 @@ A probe is a fairseq manifest (``.tsv``: first line the root folder, then
   labels by the frame-centre rule (with ``phones.txt`` beside it mapping ids to symbols, or ids
   assigned in sorted symbol order).
 
+Optional word alignments (for the word-level measures) sit beside it too: ``<stem>.words.tsv``
+(``utt<TAB>start_s<TAB>end_s<TAB>word``), ``<stem>.ctm`` (Kaldi CTM) or ``<stem>.textgrid/``
+(one Praat TextGrid per utterance); see :mod:`sslvitals.words`.
+
 The choice of utterances is seeded and depends only on the probe file, so numbers are comparable
 across validations and runs.
 """
@@ -59,6 +63,10 @@ class ProbeItem:
         num_samples: Length in samples.
         index: Position in the full probe file (stable across selections and shards).
         labels: Frame-level phone ids ``(T,)`` at 50 Hz, or None.
+        words: Frame-level word ids ``(T,)`` at 50 Hz (index into the probe's
+            ``word_vocab``; -1 outside words), or None.
+        word_tokens: Frame-level index of the word token in the utterance ``(T,)`` (-1
+            outside words), or None.
     """
 
     uid: str
@@ -66,6 +74,8 @@ class ProbeItem:
     num_samples: int
     index: int
     labels: np.ndarray | None = None
+    words: np.ndarray | None = None
+    word_tokens: np.ndarray | None = None
 
 
 @dataclass
@@ -79,6 +89,9 @@ class ProbeBatch:
         index: Stable utterance indices, length B (used to seed per-frame sample keys).
         labels: Per utterance ``(T_i,)`` int64 frame labels at 50 Hz, or None.
         sample_rate: Samples per second.
+        words: Per utterance ``(T_i,)`` int64 word ids at 50 Hz (-1 outside words), or None.
+        word_tokens: Per utterance ``(T_i,)`` int64 word-token indices (-1 outside words).
+        word_vocab: The probe's words, most frequent first (word id = position), or None.
     """
 
     wav: torch.Tensor
@@ -87,6 +100,9 @@ class ProbeBatch:
     index: list[int]
     labels: list[np.ndarray] | None
     sample_rate: int = SAMPLE_RATE
+    words: list[np.ndarray] | None = None
+    word_tokens: list[np.ndarray] | None = None
+    word_vocab: tuple[str, ...] | None = None
 
     @property
     def padding_mask(self) -> torch.Tensor:
@@ -106,7 +122,10 @@ class ProbeBatch:
             ProbeBatch(wav=self.wav[row:row + 1, :n], lengths=self.lengths[row:row + 1],
                        ids=self.ids[row:row + 1], index=self.index[row:row + 1],
                        labels=None if self.labels is None else self.labels[row:row + 1],
-                       sample_rate=self.sample_rate)
+                       sample_rate=self.sample_rate,
+                       words=None if self.words is None else self.words[row:row + 1],
+                       word_tokens=None if self.word_tokens is None else self.word_tokens[row:row + 1],
+                       word_vocab=self.word_vocab)
             for row, n in enumerate(self.lengths.tolist())
         ]
 
@@ -124,17 +143,22 @@ class ProbeSet:
     items: list[ProbeItem]
     source: str = ""
     sample_rate: int = SAMPLE_RATE
+    word_vocab: tuple[str, ...] | None = None
     has_labels: bool = field(init=False)
+    has_words: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.has_labels = bool(self.items) and all(it.labels is not None for it in self.items)
+        self.has_words = (self.word_vocab is not None and bool(self.items)
+                          and all(it.words is not None for it in self.items))
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, labels: str | os.PathLike | None = None,
                   max_seconds: float | None = 3600.0, seed: int = 0,
                   sample_rate: int = SAMPLE_RATE, check_audio: bool = True,
-                  min_samples: int = MIN_SAMPLES) -> "ProbeSet":
+                  min_samples: int = MIN_SAMPLES,
+                  words: str | os.PathLike | None = None) -> "ProbeSet":
         """Read a probe from a fairseq ``.tsv`` manifest or a Kaldi-style folder.
 
         Args:
@@ -146,6 +170,9 @@ class ProbeSet:
             sample_rate: Required sample rate.
             check_audio: Check that every selected file exists and has ``sample_rate``.
             min_samples: Shortest utterance accepted (see :meth:`check_lengths`).
+            words: Word alignments (``.words.tsv``, ``.ctm`` or a TextGrid folder; see
+                :mod:`sslvitals.words`); default: the one beside the probe, if any. The word
+                ids are counted over every utterance of the probe file, before selection.
 
         Raises:
             SSLVitalsError: if the probe or its labels cannot be read, a file is missing, a
@@ -172,7 +199,17 @@ class ProbeSet:
             raise SSLVitalsError(f"probe labels {labels} do not exist")
         if label_path is not None:
             _attach_labels(items, label_path)
-        probe = cls(items, source=str(p), sample_rate=sample_rate)
+        vocab = None
+        word_path = Path(words) if words else None
+        if words and not Path(words).exists():
+            raise SSLVitalsError(f"probe word alignments {words} do not exist")
+        if word_path is None:
+            from sslvitals.words import default_word_alignment
+
+            word_path = default_word_alignment(p)
+        if word_path is not None:
+            vocab = _attach_words(items, word_path)
+        probe = cls(items, source=str(p), sample_rate=sample_rate, word_vocab=vocab)
         if max_seconds is not None:
             probe = probe.select(max_seconds, seed=seed)
             if not probe.items:
@@ -223,7 +260,8 @@ class ProbeSet:
             chosen.append(int(i))
             acc += n
         chosen.sort()
-        return ProbeSet([self.items[i] for i in chosen], self.source, self.sample_rate)
+        return ProbeSet([self.items[i] for i in chosen], self.source, self.sample_rate,
+                        self.word_vocab)
 
     def shard(self, rank: int, world_size: int) -> "ProbeSet":
         """Return this rank's share: utterances sorted by length, dealt round-robin."""
@@ -231,7 +269,8 @@ class ProbeSet:
             return self
         order = sorted(range(len(self.items)), key=lambda i: (-self.items[i].num_samples, i))
         mine = sorted(order[rank::world_size])
-        return ProbeSet([self.items[i] for i in mine], self.source, self.sample_rate)
+        return ProbeSet([self.items[i] for i in mine], self.source, self.sample_rate,
+                        self.word_vocab)
 
     def check_audio(self) -> None:
         """Check every file exists and has the expected sample rate (header read only)."""
@@ -280,6 +319,12 @@ class ProbeSet:
             h.update(f"{it.uid}\t{it.num_samples}\n".encode("utf-8"))
             if it.labels is not None:
                 h.update(np.ascontiguousarray(it.labels, dtype=np.int64).tobytes())
+            if it.words is not None and self.word_vocab is not None:
+                h.update(b"words")
+                h.update(np.ascontiguousarray(it.words, dtype=np.int64).tobytes())
+                h.update(np.ascontiguousarray(it.word_tokens, dtype=np.int64).tobytes())
+        if self.has_words and self.word_vocab is not None:
+            h.update("\n".join(self.word_vocab).encode("utf-8"))
         return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, object]:
@@ -327,9 +372,13 @@ class ProbeSet:
                 wav[row, :n] = torch.from_numpy(mono[:n])
                 real.append(n)
             labels = [it.labels for it in its] if all(it.labels is not None for it in its) else None
+            words = self.has_words
             yield ProbeBatch(wav=wav, lengths=torch.tensor(real, dtype=torch.int64),
                              ids=[it.uid for it in its], index=[it.index for it in its],
-                             labels=labels, sample_rate=self.sample_rate)
+                             labels=labels, sample_rate=self.sample_rate,
+                             words=[it.words for it in its] if words else None,
+                             word_tokens=[it.word_tokens for it in its] if words else None,
+                             word_vocab=self.word_vocab if words else None)
             group = [i] if i is not None else []
             if i is None:
                 break
@@ -440,6 +489,20 @@ def read_frame_labels(path: str | os.PathLike, items: Sequence[ProbeItem]) -> li
             )
         out.append(arr)
     return out
+
+
+def _attach_words(items: list[ProbeItem], path: Path) -> tuple[str, ...]:
+    """Read word alignments, give every item its per-frame word ids and token indices, and
+    return the word list (ids), counted over the whole file's utterances that the probe lists."""
+    from sslvitals.words import read_word_alignments, word_frames, word_vocabulary
+
+    alignments = read_word_alignments(path, [it.uid for it in items])
+    listed = {it.uid for it in items}
+    vocab = word_vocabulary({u: s for u, s in alignments.items() if u in listed})
+    index = {w: i for i, w in enumerate(vocab)}
+    for it in items:
+        it.words, it.word_tokens = word_frames(alignments[it.uid], it.num_samples, index)
+    return vocab
 
 
 def _attach_labels(items: list[ProbeItem], path: Path) -> None:

@@ -15,6 +15,7 @@ MODULES = (
     "sslvitals.metrics.rank",
     "sslvitals.hooks.framing",
     "sslvitals.streaming",
+    "sslvitals.words",
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread_blas")

@@ -37,9 +37,12 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
         "normalized_mutual_information",
         "purities_from_counts",
         "pnmi_from_counts",
+        "mi_from_counts",
+        "label_nmi_from_counts",
     ),
     "cca": (
         "cca_similarity",
+        "cca_similarity_from_gram",
         "canonical_correlations",
         "one_hot",
     ),
@@ -78,8 +81,11 @@ __all__ = [
     "normalized_mutual_information",
     "purities_from_counts",
     "pnmi_from_counts",
+    "mi_from_counts",
+    "label_nmi_from_counts",
     # cca
     "cca_similarity",
+    "cca_similarity_from_gram",
     "canonical_correlations",
     "one_hot",
     # rank
@@ -100,7 +106,12 @@ __all__ = [
 _WHERE = {name: family for family, names in _FAMILIES.items() for name in names}
 
 if TYPE_CHECKING:  # static analysers see ordinary imports
-    from sslvitals.metrics.cca import canonical_correlations, cca_similarity, one_hot
+    from sslvitals.metrics.cca import (
+        canonical_correlations,
+        cca_similarity,
+        cca_similarity_from_gram,
+        one_hot,
+    )
     from sslvitals.metrics.cluster import (
         KMeansResult,
         assign,
@@ -114,6 +125,8 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from sslvitals.metrics.labels import (
         cluster_purity,
         contingency_matrix,
+        label_nmi_from_counts,
+        mi_from_counts,
         mutual_information,
         normalized_mutual_information,
         phone_purity,

@@ -29,7 +29,7 @@ import torch
 from sslvitals._validation import ArrayLike, as_labels, as_tensor_2d, degenerate
 from sslvitals.errors import SSLVitalsError
 
-__all__ = ["cca_similarity", "canonical_correlations", "one_hot"]
+__all__ = ["cca_similarity", "cca_similarity_from_gram", "canonical_correlations", "one_hot"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ def _cca(x: ArrayLike, y: ArrayLike, epsilon: float, what: str):
             "not clearly outnumber dimensions", n, xt.shape[1], yt.shape[1],
         )
     cxx, cyy, cxy = _moments(xt, yt)
+    return _decompose(cxx, cyy, cxy, epsilon, what)
+
+
+def _decompose(cxx: np.ndarray, cyy: np.ndarray, cxy: np.ndarray, epsilon: float, what: str):
+    """Whiten both views and take the SVD of the whitened cross-covariance."""
     wx = _whitener(cxx, epsilon)
     wy = _whitener(cyy, epsilon)
     if wx.shape[1] == 0 or wy.shape[1] == 0:
@@ -166,6 +171,11 @@ def cca_similarity(x: ArrayLike, y: ArrayLike, *, method: str = "pwcca", epsilon
     if method not in _METHODS:
         raise SSLVitalsError(f"method must be one of {_METHODS}, got {method!r}")
     out = _cca(x, y, epsilon, f"cca_similarity ({method})")
+    return _similarity(out, method)
+
+
+def _similarity(out, method: str) -> float:
+    """Mean or projection-weighted mean of the canonical correlations of :func:`_decompose`."""
     if out is None:
         return float("nan")
     cxx, wx, u, rho = out
@@ -187,3 +197,55 @@ def cca_similarity(x: ArrayLike, y: ArrayLike, *, method: str = "pwcca", epsilon
     if not total > 0:
         return degenerate("cca_similarity (pwcca)", "x has no variance along the canonical directions")
     return float((weights / total) @ rho)
+
+
+def cca_similarity_from_gram(gram: ArrayLike, col_sum: ArrayLike, count: int, dim_x: int, *,
+                             method: str = "pwcca", epsilon: float = 1e-6) -> float:
+    """:func:`cca_similarity` from the sufficient statistics of the joint rows ``[x, y]``.
+
+    For rows ``z_n = [x_n, y_n]`` (``x_n`` of ``dim_x`` values), ``gram = sum_n z_n z_n^T``,
+    ``col_sum = sum_n z_n`` and ``count = N`` determine the covariances
+    ``C = (gram - col_sum col_sum^T / N) / (N - 1)`` that CCA uses, so the value equals
+    :func:`cca_similarity` of the stacked rows (up to float64 rounding) while the statistics
+    can be summed over batches and processes (e.g. a
+    :class:`~sslvitals.streaming.GramAccumulator` of ``[x, y]``).
+
+    Args:
+        gram: ``(D1 + D2, D1 + D2)`` float64 sum of outer products.
+        col_sum: ``(D1 + D2,)`` column sums.
+        count: Number of rows ``N``.
+        dim_x: ``D1``, the width of the layer's part.
+        method: ``"pwcca"`` or ``"mean"``, as in :func:`cca_similarity`.
+        epsilon: Ridge, as in :func:`cca_similarity`.
+
+    Returns:
+        Similarity in ``[0, 1]``; NaN (one warning) with fewer than 2 rows or a constant view.
+
+    Raises:
+        SSLVitalsError: on shapes that do not fit, non-finite statistics, a bad ``method``.
+    """
+    if method not in _METHODS:
+        raise SSLVitalsError(f"method must be one of {_METHODS}, got {method!r}")
+    g = gram.detach().cpu().double().numpy() if hasattr(gram, "detach") else np.asarray(gram, np.float64)
+    m = (col_sum.detach().cpu().double().numpy() if hasattr(col_sum, "detach")
+         else np.asarray(col_sum, np.float64))
+    d = g.shape[0] if g.ndim == 2 else -1
+    if g.ndim != 2 or g.shape[1] != d or m.shape != (d,) or not 0 < dim_x < d:
+        raise SSLVitalsError(
+            f"gram {g.shape} / col_sum {m.shape} / dim_x {dim_x} do not fit: give the (D, D) "
+            "Gram matrix and (D,) sums of the joint rows [x, y] and 0 < dim_x < D"
+        )
+    if not (np.isfinite(g).all() and np.isfinite(m).all()):
+        raise SSLVitalsError("the Gram statistics hold NaN or Inf")
+    what = f"cca_similarity ({method})"
+    n = int(count)
+    if n < 2:
+        degenerate(what, f"{n} rows; at least 2 are needed")
+        return float("nan")
+    if n <= d:
+        logger.warning("CCA on %d rows with %d + %d dimensions: correlations are inflated when "
+                       "rows do not clearly outnumber dimensions", n, dim_x, d - dim_x)
+    cov = (g - np.outer(m, m) / n) / (n - 1)
+    cov = 0.5 * (cov + cov.T)
+    out = _decompose(cov[:dim_x, :dim_x], cov[dim_x:, dim_x:], cov[:dim_x, dim_x:], epsilon, what)
+    return _similarity(out, method)

@@ -28,6 +28,8 @@ __all__ = [
     "contingency_matrix",
     "purities_from_counts",
     "pnmi_from_counts",
+    "mi_from_counts",
+    "label_nmi_from_counts",
     "phone_purity",
     "cluster_purity",
     "pnmi",
@@ -160,6 +162,51 @@ def pnmi_from_counts(counts: ArrayLike) -> float:
     if h_phone <= 0:
         return degenerate("pnmi", "only one phone occurs, so H(phone) = 0")
     return _mutual_information_counts(c) / h_phone
+
+
+def mi_from_counts(counts: ArrayLike) -> float:
+    """Mutual information ``I(label; cluster)`` in nats from a joint count matrix.
+
+    Args:
+        counts: ``(n_labels, n_clusters)`` non-negative frame counts.
+
+    Returns:
+        MI in nats (>= 0); NaN (with one warning) when the matrix holds no frames.
+
+    Raises:
+        SSLVitalsError: if ``counts`` is not a finite non-negative 2-D matrix.
+
+    Example:
+        >>> round(mi_from_counts([[5, 0], [0, 5]]), 6)  # one bit
+        0.693147
+    """
+    c = _as_counts(counts)
+    if c.size == 0 or c.sum() <= 0:
+        return degenerate("mutual information", "no frames were counted")
+    return _mutual_information_counts(c)
+
+
+def label_nmi_from_counts(counts: ArrayLike, what: str = "label") -> float:
+    """Label-normalised mutual information ``I(label; cluster) / H(label)`` from counts.
+
+    PNMI (:func:`pnmi_from_counts`) is this with phones as the labels; with word ids it is
+    the word-level measure ``nmi_word``.
+
+    Args:
+        counts: ``(n_labels, n_clusters)`` non-negative frame counts.
+        what: Name of the labels, for the warning.
+
+    Returns:
+        Value in ``[0, 1]``; NaN (with one warning) with no frames or a single label.
+    """
+    c = _as_counts(counts)
+    total = c.sum()
+    if c.size == 0 or total <= 0:
+        return degenerate(f"{what}-normalised MI", "no frames were counted")
+    h = _entropy(c.sum(axis=1) / total)
+    if h <= 0:
+        return degenerate(f"{what}-normalised MI", f"only one {what} occurs, so its entropy is 0")
+    return _mutual_information_counts(c) / h
 
 
 def phone_purity(clusters: ArrayLike, phones: ArrayLike) -> float:

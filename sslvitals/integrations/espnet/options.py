@@ -234,7 +234,7 @@ def load_probe(cfg: VitalsConfig, valid_data: Sequence[Any] | None = None) -> An
 
     path = resolve_probe_path(cfg, valid_data)
     return ProbeSet.from_path(path, labels=cfg.probe_labels, max_seconds=cfg.max_probe_seconds,
-                              seed=cfg.seed)
+                              seed=cfg.seed, words=cfg.probe_words)
 
 
 def exit_status(main: Callable[[], None]) -> int:

@@ -147,7 +147,7 @@ class FairseqVitals:
         path = self.probe_path()
         self.probe = ProbeSet.from_path(
             path, labels=cfg.probe_labels, max_seconds=cfg.max_probe_seconds, seed=cfg.seed,
-            sample_rate=self.sample_rate,
+            sample_rate=self.sample_rate, words=cfg.probe_words,
         )
         self._check_best_metric_static()
         logger.info(

@@ -289,7 +289,8 @@ class CallbackSession:
                 "or a Kaldi-style folder with wav.scp")
         if self.probe is None:
             self.probe = ProbeSet.from_path(path, labels=self.cfg.probe_labels,
-                                            max_seconds=self.cfg.max_probe_seconds, seed=self.cfg.seed)
+                                            max_seconds=self.cfg.max_probe_seconds, seed=self.cfg.seed,
+                                            words=self.cfg.probe_words)
         folder = os.fspath(default_dir) if default_dir is not None else os.getcwd()
         self.jsonl = self.cfg.jsonl or os.path.join(folder, "vitals.jsonl")
         self.run_name = os.path.basename(os.path.abspath(folder).rstrip(os.sep)) or None

@@ -166,4 +166,4 @@ def load_probe(cfg: VitalsConfig) -> Any:
             f"vitals.probe {path} does not exist; give a fairseq .tsv manifest or a Kaldi-style "
             "folder with wav.scp")
     return ProbeSet.from_path(path, labels=cfg.probe_labels, max_seconds=cfg.max_probe_seconds,
-                              seed=cfg.seed)
+                              seed=cfg.seed, words=cfg.probe_words)
