@@ -68,11 +68,12 @@ _SEED_MIN = 4096
 #: The seeding keeps all squared distances within its pool in one float32 matrix when the pool
 #: has at most this many pairs (2^27 = 512 MiB: pools of up to 11,585 frames, k <= 1448 with
 #: the default pool size) and the matrix is cheaper than the step-by-step candidate rows,
-#: i.e. n_seed <= _SEED_MATRIX_MAX_RATIO x k x (2 + ln k) (true from k = 64 on with the
-#: default pool; measured crossover near k = 50); otherwise each step's rows are computed
-#: on the fly. The route depends only on N and k, never on the device or the data.
+#: i.e. n_seed <= _SEED_MATRIX_MAX_RATIO x k x (2 + ln k) (from k = 196 on with the default
+#: pool; the measured crossover on 2 CPU cores lies between k = 150 and k = 256); otherwise
+#: each step's rows are computed on the fly. The route depends only on N and k, never on the
+#: device or the data.
 _SEED_MATRIX_ELEMENTS = 1 << 27
-_SEED_MATRIX_MAX_RATIO = 12
+_SEED_MATRIX_MAX_RATIO = 3
 #: Rows per tile when that matrix is filled (only the upper triangle of tiles is multiplied).
 _SEED_TILE = 1024
 
@@ -122,6 +123,27 @@ def _matmul_precision_knobs() -> list[object]:
         if matmul is not None and isinstance(getattr(matmul, "fp32_precision", None), str):
             knobs.append(matmul)
     return knobs
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the block's CPU ops on one torch thread (no-op for other devices).
+
+    For loops of many tiny ops (the seeding's steps: a few vectors of ``n_seed`` entries):
+    splitting them over threads gains nothing, and on a machine shared with other jobs every
+    parallel region waits for a descheduled thread (measured: 1,024 steps took 3 to 18 s with
+    two threads under a load of 5, under 1 s with one). The caller's thread count is
+    restored afterwards; it is process-global meanwhile.
+    """
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -266,7 +288,9 @@ def _seed_pool(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _pool_distance_rows(pool: torch.Tensor, n_candidates: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _pool_distance_rows(
+    pool: torch.Tensor, n_candidates: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Squared distances from chosen pool frames to every pool frame.
 
     The pool ``(n, D)`` is centred (in float64, then float32) so the product expansion keeps
@@ -316,14 +340,16 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
     At every step ``2 + ln(k)`` candidates are drawn with probability proportional to the
     squared distance to the nearest chosen centre, and the one that lowers the total most is
-    kept (the greedy variant of Arthur and Vassilvitskii's k-means++). The pool's pairwise
-    squared distances are computed up front by :func:`_pool_distance_rows` in large matrix
-    products (about ``n_seed^2 D / 2`` multiply-adds: 4 % of 20 Lloyd iterations at
-    N = 40,000, k = 1024), so a step only gathers its candidates' rows: ``O(n_seed)`` work instead of a thin
-    ``(n_seed, D) x (D, trials)`` product that streams the whole pool from memory each time.
-    The draws are those of :func:`_seed_greedy` (same pool, same uniforms). Random numbers
-    come from a CPU generator, and draws are made with a cumulative sum and a search on the
-    device, so CPU and CUDA use the same uniforms and no step waits for the host.
+    kept (the greedy variant of Arthur and Vassilvitskii's k-means++). For large k the pool's
+    pairwise squared distances are computed up front by :func:`_pool_distance_rows` in large
+    matrix products (about ``n_seed^2 D / 2`` multiply-adds: 4 % of 20 Lloyd iterations at
+    N = 40,000, k = 1024), so a step only gathers its candidates' rows, ``O(n_seed)`` work,
+    instead of a thin ``(n_seed, D) x (D, trials)`` product that streams the whole pool from
+    memory; for small k that product is the cheaper route and stays. The step loop runs on
+    one CPU thread (:func:`_one_cpu_thread`). The draws are those of :func:`_seed_greedy`
+    (same pool, same uniforms). Random numbers come from a CPU generator, and draws are made
+    with a cumulative sum and a search on the device, so CPU and CUDA use the same uniforms
+    and no step waits for the host.
 
     Args:
         x: ``(N, D)`` float32 frames, ``N >= k``.
@@ -341,14 +367,15 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     rows_of = _pool_distance_rows(pool, k * n_trials)
     first = (uniforms[0, :1] * n).long().clamp_(max=n - 1)
     chosen = [first]
-    min_d2 = rows_of(first)[0]  # (n,) float32; sums and the cumulative sum are in float64
-    for j in range(1, k):
-        cum = torch.cumsum(min_d2, dim=0, dtype=torch.float64)
-        picks = torch.searchsorted(cum, uniforms[j] * cum[-1], right=True).clamp_(max=n - 1)
-        d2 = torch.minimum(rows_of(picks), min_d2.unsqueeze(0))  # (trials, n)
-        best = d2.sum(dim=1, dtype=torch.float64).argmin().view(1)
-        chosen.append(picks.index_select(0, best))
-        min_d2 = d2.index_select(0, best).squeeze(0)
+    with _one_cpu_thread(pool.device):
+        min_d2 = rows_of(first)[0]  # (n,) float32; sums and the cumulative sum are in float64
+        for j in range(1, k):
+            cum = torch.cumsum(min_d2, dim=0, dtype=torch.float64)
+            picks = torch.searchsorted(cum, uniforms[j] * cum[-1], right=True).clamp_(max=n - 1)
+            d2 = torch.minimum(rows_of(picks), min_d2.unsqueeze(0))  # (trials, n)
+            best = d2.sum(dim=1, dtype=torch.float64).argmin().view(1)
+            chosen.append(picks.index_select(0, best))
+            min_d2 = d2.index_select(0, best).squeeze(0)
     return pool.index_select(0, torch.cat(chosen))
 
 
@@ -434,12 +461,12 @@ def kmeans(x: ArrayLike, k: int, *, niter: int = 20, seed: int = 0, backend: str
 
     Both backends start from the same greedy k-means++ seeds (D^2 sampling with
     ``2 + ln(k)`` candidates per step, on a seeded subset of at most ``max(8 k, 4096)``
-    frames; the subset's pairwise distances are computed up front in large matrix products,
-    so seeding costs a few per cent of the Lloyd iterations) and then run ``niter`` Lloyd
-    iterations on all frames in float32. The final labels and inertia are computed against
-    the returned centroids. The torch products run in full float32 precision whatever the
-    caller's TF32 / ``torch.set_float32_matmul_precision`` setting, which is restored
-    afterwards.
+    frames; for large k the subset's pairwise distances are computed up front in large
+    matrix products, so seeding costs a few per cent of the Lloyd iterations) and then run
+    ``niter`` Lloyd iterations on all frames in float32. The final labels and inertia are
+    computed against the returned centroids. The torch products run in full float32
+    precision whatever the caller's TF32 / ``torch.set_float32_matmul_precision`` setting,
+    which is restored afterwards.
 
     Backends:
         * ``"faiss"``: ``faiss.Kmeans``; on the GPU when FAISS sees one

@@ -317,7 +317,7 @@ def test_pool_distance_rows_match_float64(noisy, monkeypatch):
     assert torch.all(rows_fly[torch.arange(len(idx)), idx] == 0)
 
 
-@pytest.mark.parametrize("k", [1, 12, 80])
+@pytest.mark.parametrize("k", [1, 12, 80, 300])  # 300: the pool's distance matrix route
 def test_seeding_is_deterministic_under_seed(many_blobs, k):
     x = torch.from_numpy(many_blobs)
     a = C._kmeanspp(x, k, 3)
@@ -353,7 +353,7 @@ def test_seeding_makes_the_choices_of_the_previous_greedy_seeding(many_blobs, k)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("k", [20, 80])
+@pytest.mark.parametrize("k", [20, 80, 300])
 def test_seeding_inertia_not_worse_than_the_previous_seeding(many_blobs, backend, k):
     """Final inertia after Lloyd over 5 seeds: within 1% of (or better than) the old seeding,
     and better than seeding with uniformly drawn frames."""
@@ -372,11 +372,32 @@ def test_seeding_inertia_not_worse_than_the_previous_seeding(many_blobs, backend
     assert new < rand
 
 
+def test_seeding_ignores_and_restores_the_thread_count(many_blobs):
+    """The seeding's step loop runs on one CPU thread: the caller's count does not change the
+    centres and is restored afterwards, also when the block raises."""
+    x = torch.from_numpy(many_blobs)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = C._kmeanspp(x, 300, 0)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ZeroDivisionError):
+            with C._one_cpu_thread(torch.device("cpu")):
+                assert torch.get_num_threads() == 1
+                raise ZeroDivisionError
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = C._kmeanspp(x, 300, 0)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
 def test_kmeans_inertia_unchanged_by_matrix_budget(many_blobs, monkeypatch):
     """End to end: the seeding's memory route does not move the k-means result."""
-    ref = C.kmeans(many_blobs, 80, niter=5, seed=2, backend="torch")
+    ref = C.kmeans(many_blobs, 300, niter=5, seed=2, backend="torch")
     monkeypatch.setattr(C, "_SEED_MATRIX_ELEMENTS", 0)
-    res = C.kmeans(many_blobs, 80, niter=5, seed=2, backend="torch")
+    res = C.kmeans(many_blobs, 300, niter=5, seed=2, backend="torch")
     assert torch.equal(res.centroids, ref.centroids) and res.inertia == ref.inertia
 
 
@@ -619,7 +640,8 @@ def test_seeding_on_cuda_matches_cpu(many_blobs):
     """The same uniforms drive the draws on both devices; the rounding of the distances
     differs, and on this separated data that moves no choice."""
     x = torch.from_numpy(many_blobs)
-    assert torch.equal(C._kmeanspp(x.cuda(), 80, 0).cpu(), C._kmeanspp(x, 80, 0))
+    for k in (80, 300):  # rows computed step by step, and the pool's distance matrix
+        assert torch.equal(C._kmeanspp(x.cuda(), k, 0).cpu(), C._kmeanspp(x, k, 0))
 
 
 @pytest.mark.gpu
