@@ -496,12 +496,19 @@ def _attach_words(items: list[ProbeItem], path: Path) -> tuple[str, ...]:
     return the word list (ids), counted over the whole file's utterances that the probe lists."""
     from sslvitals.words import read_word_alignments, word_frames, word_vocabulary
 
-    alignments = read_word_alignments(path, [it.uid for it in items])
-    listed = {it.uid for it in items}
-    vocab = word_vocabulary({u: s for u, s in alignments.items() if u in listed})
+    alignments = read_word_alignments(path)
+    # an utterance is found by its id, or by its file name (manifest ids keep the folders)
+    key = {it.uid: it.uid if it.uid in alignments else Path(it.uid).name for it in items}
+    missing = [it.uid for it in items if key[it.uid] not in alignments]
+    if missing:
+        raise SSLVitalsError(
+            f"word alignments {path} have no entry for {len(missing)} probe utterance(s), e.g. "
+            f"{missing[:3]}; give every probe utterance at least one line (its id or file name)"
+        )
+    vocab = word_vocabulary({key[it.uid]: alignments[key[it.uid]] for it in items})
     index = {w: i for i, w in enumerate(vocab)}
     for it in items:
-        it.words, it.word_tokens = word_frames(alignments[it.uid], it.num_samples, index)
+        it.words, it.word_tokens = word_frames(alignments[key[it.uid]], it.num_samples, index)
     return vocab
 
 

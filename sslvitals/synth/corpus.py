@@ -10,6 +10,7 @@ Layout written by :func:`synthesize_corpus` (``OUT`` is the output directory; ``
     OUT/<split>.tsv            fairseq manifest: root dir, then "<spk>/<utt>.wav<TAB>num_samples"
     OUT/<split>.phn            per manifest line: one phone id per 20 ms frame (see below)
     OUT/<split>.align.tsv      "utt<TAB>start_s<TAB>end_s<TAB>phone", contiguous segments
+    OUT/<split>.words.tsv      "utt<TAB>start_s<TAB>end_s<TAB>word", one line per word (see below)
     OUT/<split>.wrd / .ltr     transcripts, one line per manifest entry (fairseq style)
     OUT/data/<split>/          Kaldi-style: wav.scp, text, utt2spk, spk2utt, spk2gender,
                                utt2num_samples (utterance ids sorted, speaker-prefixed)
@@ -19,7 +20,10 @@ samples, hop 320 samples at 16 kHz): an utterance of ``n`` samples has
 ``(n - 400) // 320 + 1`` frames, and frame ``i`` gets the phone covering its centre,
 ``(320 * i + 200) / 16000`` seconds. Phone boundaries are the phoneme start events of the
 synthesiser itself (:mod:`sslvitals.synth.espeak`), moved to 16 kHz; pauses and the leading
-silence are ``sil``.
+silence are ``sil``. Word alignments come from its word start events: a word runs from its
+start to the next word's start, or to the first pause that begins before it; an utterance whose
+word events do not match its transcript (e.g. a number read as several words) gets one
+``sil`` line covering it, so it has no word frames.
 
 Speakers are eSpeak NG accents x voice variants x pitch / pitch range / rate / word-gap
 settings, drawn with the seed. With ``heldout_speakers > 0`` (default 2) the ``valid`` and
@@ -60,6 +64,7 @@ __all__ = [
     "SILENCE",
     "Speaker",
     "Utterance",
+    "word_segments",
     "CorpusSplit",
     "Corpus",
     "num_frames",
@@ -233,6 +238,7 @@ class Utterance:
         words: Upper-case transcript words.
         starts: Phone segment starts in 16 kHz samples (first is 0).
         phones: Phone symbol of each segment (``sil`` for pauses).
+        word_starts: The synthesiser's word start events in 16 kHz samples.
     """
 
     utt_id: str
@@ -245,6 +251,32 @@ class Utterance:
     words: tuple[str, ...]
     starts: list[int] = field(default_factory=list)
     phones: list[str] = field(default_factory=list)
+    word_starts: list[int] = field(default_factory=list)
+
+
+def word_segments(utt: Utterance) -> list[tuple[int, int, str]]:
+    """``(start, end, word)`` in 16 kHz samples for every transcript word of ``utt``.
+
+    The synthesiser also reports events for punctuation and the end of the sentence; an event
+    counts as a word only when a (non-pause) phone starts between it and the next event. A
+    word runs from its start event to the next word's start (the end of the audio for the
+    last one), cut at the first pause segment that begins inside it. Empty when the number of
+    word events left differs from the number of transcript words.
+    """
+    ev = sorted(utt.word_starts)
+    ends = ev[1:] + [utt.num_samples]
+    spoken = [st for st, ph in zip(utt.starts, utt.phones) if ph != SILENCE]
+    starts = [a for a, b in zip(ev, ends) if any(a <= p < b for p in spoken)]
+    if len(starts) != len(utt.words) or not utt.words:
+        return []
+    bounds = starts[1:] + [utt.num_samples]
+    pauses = [st for st, ph in zip(utt.starts, utt.phones) if ph == SILENCE]
+    out = []
+    for start, nxt, word in zip(starts, bounds, utt.words):
+        end = min([p for p in pauses if start < p < nxt] + [nxt])
+        if end > start:
+            out.append((int(start), int(end), word))
+    return out
 
 
 @dataclass(frozen=True)
@@ -296,6 +328,7 @@ def _run_job(job: _Job) -> Utterance:
     wav = resample_poly(out.audio.astype(np.float32), up, down)
     wav16 = np.clip(np.round(wav), -32768, 32767).astype(np.int16)
     starts, phones = _segments(out.phones, len(out.audio), len(wav16))
+    word_starts = [min(max(int(round(w * up / down)), 0), len(wav16)) for w in out.word_starts]
     relpath = f"{job.speaker.speaker_id}/{job.utt_id}.wav"
     path = Path(job.wav_root) / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +336,7 @@ def _run_job(job: _Job) -> Utterance:
     return Utterance(
         utt_id=job.utt_id, speaker_id=job.speaker.speaker_id, split=job.split, index=job.index,
         relpath=relpath, num_samples=int(len(wav16)), text=job.text, words=job.words,
-        starts=starts, phones=phones,
+        starts=starts, phones=phones, word_starts=word_starts,
     )
 
 
@@ -522,6 +555,12 @@ def _write_corpus(out: Path, done: dict[str, list[Utterance]], speakers: list[Sp
                 align_lines.append(f"{u.utt_id}\t{s / SAMPLE_RATE:.6f}\t{e / SAMPLE_RATE:.6f}\t{p}")
         _write_lines(out / f"{split}.phn", phn_lines)
         _write_lines(out / f"{split}.align.tsv", align_lines)
+        word_lines = []
+        for u in utts:
+            segs = word_segments(u) or [(0, u.num_samples, SILENCE)]
+            word_lines.extend(f"{u.utt_id}\t{s / SAMPLE_RATE:.6f}\t{e / SAMPLE_RATE:.6f}\t{w}"
+                              for s, e, w in segs)
+        _write_lines(out / f"{split}.words.tsv", word_lines)
         _write_lines(out / f"{split}.wrd", (" ".join(u.words) for u in utts))
         _write_lines(out / f"{split}.ltr", (words_to_letters(u.words) for u in utts))
         kdir = out / "data" / split
@@ -665,6 +704,14 @@ class CorpusSplit:
         for line in (self.corpus_dir / f"{self.name}.align.tsv").read_text(encoding="utf-8").splitlines():
             u, s, e, p = line.split("\t")
             rows.append((u, float(s), float(e), p))
+        return rows
+
+    def word_alignments(self) -> list[tuple[str, float, float, str]]:
+        """Rows of ``<split>.words.tsv``: ``(utt_id, start_s, end_s, word)``."""
+        rows = []
+        for line in (self.corpus_dir / f"{self.name}.words.tsv").read_text(encoding="utf-8").splitlines():
+            u, s, e, w = line.split("\t")
+            rows.append((u, float(s), float(e), w))
         return rows
 
     def words(self) -> list[list[str]]:
