@@ -47,7 +47,8 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from sslvitals.config import ALL_METRICS, LABEL_METRICS, VitalsConfig, parse_layers, parse_metrics
+from sslvitals.config import (LABEL_METRICS, ONLINE_METRICS, VitalsConfig, parse_layers,
+                              parse_metrics)
 from sslvitals.errors import SSLVitalsError
 from sslvitals.metric_table import OFFLINE_ONLY_METRICS, metric_info
 
@@ -68,7 +69,7 @@ logger = logging.getLogger(__name__)
 #: Metrics computed here in addition to the monitor's (from the metric table).
 EXTRA_METRICS: tuple[str, ...] = OFFLINE_ONLY_METRICS
 #: Every metric ``sslvitals score`` knows.
-OFFLINE_METRICS: tuple[str, ...] = ALL_METRICS + EXTRA_METRICS
+OFFLINE_METRICS: tuple[str, ...] = ONLINE_METRICS + EXTRA_METRICS
 
 
 def resolve_metrics(spec: str, has_labels: bool) -> tuple[list[str], list[str]]:
@@ -122,7 +123,7 @@ _COMPARED = ("k", "kmeans_iters", "reservoir_size", "silhouette_sample", "seed",
 #: Compared for every metric; the others only for the metrics that depend on them.
 _ALWAYS_COMPARED = ("max_probe_seconds", "probe_fingerprint", "label_frames", "version")
 #: Metrics that need a k-means fit on the reservoir (at least k frames).
-_KMEANS_METRICS = tuple(m for m in ALL_METRICS if "k" in metric_info(m).settings)
+_KMEANS_METRICS = tuple(m for m in ONLINE_METRICS if "k" in metric_info(m).settings)
 
 
 def _compared_settings(metric: str) -> tuple[str, ...]:
@@ -431,6 +432,9 @@ def score_checkpoints(
     out: str,
     *,
     labels: str | None = None,
+    words: str | None = None,
+    word_vectors: str | None = None,
+    word_vocab_size: int | None = None,
     metrics: str = "default",
     layers: str = "all",
     run_name: str | None = None,
@@ -457,6 +461,11 @@ def score_checkpoints(
             probe the checkpoint's run recorded.
         out: Output ``.csv`` (or ``.json``); rows it already holds are kept and not recomputed.
         labels: Frame-label file (default: ``<probe stem>.phn`` if present).
+        words: Word alignments for the word-level measures (default: ``<probe
+            stem>.words.tsv`` / ``.ctm`` / ``.textgrid`` if present).
+        word_vectors: Word-vector text file for ``cca_word`` (default: one-hot identity).
+        word_vocab_size: Most frequent probe words the word measures count (default: the
+            :class:`~sslvitals.config.VitalsConfig` default).
         metrics: Metric specification (see :func:`resolve_metrics`).
         layers: ``"all"`` or comma-separated layer indices.
         run_name: Run name for every checkpoint (default: the checkpoint's folder name).
@@ -512,7 +521,7 @@ def score_checkpoints(
 
     # 2. the outputs: writable, not an input, and ours (or absent) unless --force
     inputs = inputs_of(list(checkpoints) + [s.path for s in specs]
-                       + [p for p in (probe_path, labels) if p])
+                       + [p for p in (probe_path, labels, words, word_vectors) if p])
     out_path = check_output(out, kind="results", command="score", flag="--out", inputs=inputs,
                             force=force)
     if json_out:
@@ -560,7 +569,9 @@ def score_checkpoints(
                                seed=int(chosen["seed"]), backend=str(chosen["backend"]),
                                max_probe_seconds=float(chosen["max_probe_seconds"]),
                                device=str(dev) if dev.type == "cuda" else "cpu",
-                               batch_seconds=batch_seconds)
+                               batch_seconds=batch_seconds, probe_words=words,
+                               word_vectors=word_vectors,
+                               word_vocab_size=int(word_vocab_size or defaults.word_vocab_size))
             cfg.validate()
         except SSLVitalsError as exc:
             raise SSLVitalsError(
@@ -569,7 +580,7 @@ def score_checkpoints(
             ) from None
         pkey = (str(the_probe), cfg.max_probe_seconds, cfg.seed)
         if pkey not in probes:
-            probe = ProbeSet.from_path(str(the_probe), labels=labels,
+            probe = ProbeSet.from_path(str(the_probe), labels=labels, words=words,
                                        max_seconds=cfg.max_probe_seconds, seed=cfg.seed)
             logger.info("probe %s: %d utterances, %.1f s, labels: %s", the_probe, len(probe),
                         probe.total_seconds, probe.has_labels)
@@ -739,12 +750,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the probe the checkpoint's run recorded in its vitals.jsonl)")
     parser.add_argument("--labels", default=None,
                         help="frame-level phone labels (default: <probe stem>.phn if present)")
+    parser.add_argument("--words", default=None,
+                        help="word alignments for mi_word / nmi_word / cca_word: 'utt start end "
+                        "word' TSV, Kaldi .ctm or a folder of <utt>.TextGrid (default: <probe "
+                        "stem>.words.tsv / .ctm / .textgrid if present)")
+    parser.add_argument("--word-vectors", default=None,
+                        help="'word v1 v2 ...' text file (e.g. GloVe) for cca_word (default: "
+                        "one-hot identity of the most frequent words)")
+    parser.add_argument("--word-vocab-size", type=int, default=None,
+                        help="most frequent probe words the word measures count (default 500)")
     parser.add_argument("--out", default="scores.csv",
                         help="output table (.csv or .json); re-runs keep and skip its rows")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the rows as a JSON list of objects")
     parser.add_argument("--metrics", default="default",
-                        help="'default' (everything the probe allows), 'label_free', or names from: "
+                        help="'default' (everything the probe allows), 'label_free', 'layerwise' "
+                        "(CCA and MI with phones and words; add cca_mel), 'all', or names from: "
                         + ", ".join(OFFLINE_METRICS))
     parser.add_argument("--layers", default="all", help="'all' or comma-separated layers, e.g. 0,6,12")
     parser.add_argument("--run", default=None, help="run name (default: the checkpoint's folder)")
@@ -778,7 +799,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score the checkpoints; 0 when all succeeded, 1 when any failed."""
     _table, failures = score_checkpoints(
-        args.checkpoints, args.probe, args.out, labels=args.labels, metrics=args.metrics,
+        args.checkpoints, args.probe, args.out, labels=args.labels, words=args.words,
+        word_vectors=args.word_vectors, word_vocab_size=args.word_vocab_size, metrics=args.metrics,
         layers=args.layers, run_name=args.run, device=args.device, k=args.k,
         kmeans_iters=args.kmeans_iters, reservoir_size=args.reservoir_size,
         silhouette_sample=args.silhouette_sample, cca_frames=args.cca_frames,
