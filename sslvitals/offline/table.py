@@ -143,10 +143,10 @@ def format_table(
 
 
 def _metric_order(metrics: pd.Series) -> list[str]:
-    from sslvitals.config import ALL_METRICS
+    from sslvitals.config import ONLINE_METRICS
 
     present = list(dict.fromkeys(metrics))
-    known = [m for m in ALL_METRICS if m in present]
+    known = [m for m in ONLINE_METRICS if m in present]
     return known + sorted(m for m in present if m not in known)
 
 
