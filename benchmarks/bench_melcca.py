@@ -18,11 +18,12 @@ the demo's size: 4 layers, width 128, all 5 layers measured), the wall time of t
 new pass and the time spent inside ``ReservoirSampler.update``, for several probe lengths.
 
 Usage:
-    python benchmarks/bench_melcca.py --minutes 5 10 20 --threads 1 --out benchmarks/melcca.md
+    python benchmarks/bench_melcca.py --minutes 5 10 20 30 --threads 1 --out benchmarks/melcca.md
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -132,11 +133,11 @@ class UpdateClock:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0, 20.0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="torch intra-op threads (one table row per count and length)")
     parser.add_argument("--capacity", type=int, default=20000, help="--cca-frames")
     parser.add_argument("--out", default=None, help="write the markdown report here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -148,9 +149,11 @@ def main() -> None:
         melcca.cca_mel_scores(loaded.model, loaded.forward_fn,  # imports and caches, untimed
                               apply_policy(loaded.model, loaded.forward_fn, warm.batches(60.0)),
                               layers, capacity=args.capacity, seed=0)
-        for minutes in args.minutes:
-            probe = ProbeSet.from_path(make_probe(tmp_path / f"probe{minutes:g}", minutes),
-                                       max_seconds=None)
+        probes = {m: ProbeSet.from_path(make_probe(tmp_path / f"probe{m:g}", m), max_seconds=None)
+                  for m in args.minutes}
+        for threads, minutes in [(t, m) for t in args.threads for m in args.minutes]:
+            torch.set_num_threads(threads)
+            probe = probes[minutes]
             timings = {}
             values = {}
             for name in ("old", "new"):
@@ -166,41 +169,48 @@ def main() -> None:
                                                              capacity=args.capacity, seed=0)
                     timings[name] = (time.perf_counter() - t0, clock.seconds, clock.calls)
             same = all(values["old"][ly] == values["new"][ly] for ly in layers)
-            rows.append((minutes, len(probe), timings, same,
+            rows.append((threads, minutes, len(probe), timings, same,
                          max(abs(values["old"][ly] - values["new"][ly]) for ly in layers)))
-            print(minutes, len(probe), timings, same, flush=True)
+            print(threads, minutes, len(probe), timings, same, flush=True)
     lines = [
         "# `cca_mel` pass: cost against probe length",
         "",
         "Command: `python benchmarks/bench_melcca.py " + " ".join(sys.argv[1:]) + "`",
         "",
         f"Machine: {platform.machine()}, {platform.python_version()}, torch "
-        f"{torch.__version__}, {args.threads} intra-op thread(s), tiny random fairseq HuBERT "
+        f"{torch.__version__}, {os.cpu_count()} CPU cores (shared with other work while this "
+        "ran), tiny random fairseq HuBERT "
         f"(4 layers, width 128; 5 layers measured), capacity {args.capacity} pairs per layer, "
         "utterances of 2-6 s (one per forward pass, as the batching rule runs HuBERT).",
         "",
-        "| probe (min) | utterances | old pass (s) | old: in reservoir updates (s, calls) | "
-        "new pass (s) | new: in reservoir updates (s, calls) | same values |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| torch threads | probe (min) | utterances | old pass (s) | old: in reservoir updates "
+        "(s, calls, share) | new pass (s) | new: in reservoir updates (s, calls, share) | "
+        "same values |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for minutes, n_utts, t, same, diff in rows:
+    for threads, minutes, n_utts, t, same, diff in rows:
         lines.append(
-            f"| {minutes:g} | {n_utts} | {t['old'][0]:.1f} | {t['old'][1]:.1f} ({t['old'][2]}) | "
-            f"{t['new'][0]:.1f} | {t['new'][1]:.2f} ({t['new'][2]}) | "
+            f"| {threads} | {minutes:g} | {n_utts} | {t['old'][0]:.1f} | {t['old'][1]:.1f} "
+            f"({t['old'][2]}, {t['old'][1] / t['old'][0]:.0%}) | "
+            f"{t['new'][0]:.1f} | {t['new'][1]:.2f} ({t['new'][2]}, {t['new'][1] / t['new'][0]:.0%}) | "
             f"{'yes, bit for bit' if same else f'no (max diff {diff:.2e})'} |"
         )
-    first, last = rows[0], rows[-1]
-    scale = last[0] / first[0]
+    lines.append("")
+    for threads in args.threads:
+        mine = [r for r in rows if r[0] == threads]
+        first, last = mine[0], mine[-1]
+        lines.append(
+            f"{threads} thread(s), from {first[1]:g} to {last[1]:g} minutes "
+            f"({last[1] / first[1]:g}x the audio): the old pass took "
+            f"{last[3]['old'][0] / first[3]['old'][0]:.1f}x the time, its reservoir updates "
+            f"{last[3]['old'][1] / max(first[3]['old'][1], 1e-9):.1f}x; the new pass "
+            f"{last[3]['new'][0] / first[3]['new'][0]:.1f}x, its reservoir updates "
+            f"{last[3]['new'][1] / max(first[3]['new'][1], 1e-9):.1f}x.")
     lines += [
         "",
-        f"From {first[0]:g} to {last[0]:g} minutes ({scale:g}x the audio): the old pass took "
-        f"{last[2]['old'][0] / first[2]['old'][0]:.1f}x the time, its reservoir updates "
-        f"{last[2]['old'][1] / max(first[2]['old'][1], 1e-9):.1f}x; the new pass "
-        f"{last[2]['new'][0] / first[2]['new'][0]:.1f}x, its reservoir updates "
-        f"{last[2]['new'][1] / max(first[2]['new'][1], 1e-9):.1f}x.",
-        "",
-        "Wall times on a shared machine vary from run to run; the numbers of reservoir updates "
-        "(calls) and the equality of the values do not.",
+        "Wall times on a shared machine vary from run to run (with 2 threads on 2 busy cores a "
+        "pass took from 10 s to 220 s for the same probe, forward passes included); the numbers "
+        "of reservoir updates (calls) and the equality of the values do not.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

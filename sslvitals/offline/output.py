@@ -68,6 +68,8 @@ FIGURE_TAG = "sslvitals plot"
 
 _RESULT_COLUMNS = ("checkpoint", "layer", "metric", "value")
 _MARKER_HEAD = "<!-- written by sslvitals "
+#: First words of the correlate report written before the marker existed (earlier versions).
+_LEGACY_CORRELATE_MD = "Sign convention: rho > 0 means a higher metric value goes with a better"
 #: Figures are searched for :data:`FIGURE_TAG` in at most this many bytes.
 _MAX_FIGURE_BYTES = 64 * 1024 * 1024
 
@@ -121,6 +123,8 @@ def recognise(path: str | os.PathLike[str]) -> str | None:
     if head.startswith(_MARKER_HEAD):
         command = head[len(_MARKER_HEAD):].split(":", 1)[0].strip()
         return f"{command}-md" if f"{command}-md" in KINDS else None
+    if suffix == ".md" and head.startswith(_LEGACY_CORRELATE_MD):
+        return "correlate-md"
     import csv
 
     try:

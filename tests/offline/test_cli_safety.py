@@ -409,3 +409,13 @@ def test_a_user_error_in_a_real_process_prints_one_message_and_no_traceback(
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [ln for ln in proc.stderr.splitlines() if "| ERROR |" in ln]
     assert len(errors) == 1 and named in errors[0]
+
+
+def test_correlate_replaces_its_own_report_of_an_earlier_version(tmp_path):
+    res = _units_results(tmp_path, {"rankme": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    old_report = tmp_path / "c.md"  # written before reports carried the marker line
+    old_report.write_text("Sign convention: rho > 0 means a higher metric value goes with a better "
+                          "downstream result (scores of lower-is-better tasks are negated).\n")
+    assert main(["correlate", str(res), str(tmp_path / "down.csv"), "--n-boot", "20",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert old_report.read_text().startswith(markdown_marker("correlate"))
