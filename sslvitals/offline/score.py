@@ -323,7 +323,7 @@ def _parse_device(device: str) -> torch.device:
 def _check_options(*, metrics: str, layers: str, k: int | None, kmeans_iters: int | None,
                    reservoir_size: int | None, silhouette_sample: int | None, cca_frames: int,
                    max_probe_seconds: float | None, batch_seconds: float,
-                   backend: str | None) -> None:
+                   backend: str | None, word_vocab_size: int | None = None) -> None:
     """Check every option before any file is read or model loaded; messages name the flag."""
     def bad(flag: str, value: Any, need: str) -> SSLVitalsError:
         return SSLVitalsError(f"{flag} {value}: {need}")
@@ -358,6 +358,9 @@ def _check_options(*, metrics: str, layers: str, k: int | None, kmeans_iters: in
         raise bad("--batch-seconds", f"{batch_seconds:g}", "must be > 0 seconds (default 60)")
     if backend is not None and backend not in ("auto", "faiss", "torch"):
         raise bad("--backend", backend, "use auto, faiss or torch")
+    if word_vocab_size is not None and word_vocab_size < 2:
+        raise bad("--word-vocab-size", word_vocab_size, "the word measures need at least 2 words "
+                  "to tell apart (default 500)")
     resolve_metrics(metrics, has_labels=True)  # names only; labels are checked with the probe
 
 
@@ -510,7 +513,8 @@ def score_checkpoints(
     _check_options(metrics=metrics, layers=layers, k=k, kmeans_iters=kmeans_iters,
                    reservoir_size=reservoir_size, silhouette_sample=silhouette_sample,
                    cca_frames=cca_frames, max_probe_seconds=max_probe_seconds,
-                   batch_seconds=batch_seconds, backend=backend)
+                   batch_seconds=batch_seconds, backend=backend,
+                   word_vocab_size=word_vocab_size)
     dev = _parse_device(device)
     logger.info("scoring on %s", dev)
     explicit = {"k": k, "kmeans_iters": kmeans_iters, "reservoir_size": reservoir_size,

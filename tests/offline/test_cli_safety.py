@@ -274,6 +274,7 @@ def test_read_only_out_fails_before_any_work(scored, wav2vec2_ckpt, probe_varied
     (["--silhouette-sample", "-1"], "--silhouette-sample -1"),
     (["--cca-frames", "1"], "--cca-frames 1"),
     (["--batch-seconds", "0"], "--batch-seconds 0"),
+    (["--word-vocab-size", "1"], "--word-vocab-size 1"),
     (["--metrics", "rankme,bogus"], "unknown metric 'bogus'"),
 ])
 def test_options_are_checked_at_start_up_and_named_as_typed(wav2vec2_ckpt, probe_varied, tmp_path,
