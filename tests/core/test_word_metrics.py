@@ -293,3 +293,21 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert r0[k] == r1[k], k
         assert math.isfinite(one[k]), k
         assert r0[k] == pytest.approx(one[k], rel=1e-6, abs=1e-12), k
+
+
+def test_word_table_one_hot_and_vector_file(tmp_path):
+    from sslvitals.words import word_table
+
+    vocab = ("the", "Cat", "sat", "zebra")
+    assert np.array_equal(word_table(vocab, 3), np.eye(3))
+    f = tmp_path / "v.txt"
+    f.write_text("2 2\nthe 1 2\ncat 3 4\nCat 5 6\nother 7 8\n")
+    t = word_table(vocab, 4, f)
+    assert t[0].tolist() == [1, 2] and t[1].tolist() == [5, 6]  # exact match wins over lower-case
+    assert np.isnan(t[2]).all() and np.isnan(t[3]).all()
+    f.write_text("dog 1 2\n")
+    with pytest.raises(SSLVitalsError, match="hold none of the probe"):
+        word_table(vocab, 4, f)
+    f.write_text("the 1 2\nCat 1 2 3\n")
+    with pytest.raises(SSLVitalsError, match="earlier rows have 2"):
+        word_table(vocab, 4, f)

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from sslvitals.config import LABEL_METRICS, VitalsConfig, parse_layers
+from sslvitals.config import LABEL_METRICS, WORD_METRICS, VitalsConfig, parse_layers
 from sslvitals.errors import SSLVitalsError
 from sslvitals.keys import PREFIX, TIME_KEY, metric_key, parse_key
 
@@ -255,6 +255,12 @@ class FairseqVitals:
             raise SSLVitalsError(
                 f"checkpoint.best_checkpoint_metric={key} needs phone labels, but the probe has none; "
                 "put <probe stem>.phn beside the probe or set +task.vitals.probe_labels=..."
+            )
+        if parsed.metric in WORD_METRICS and not self.probe.has_words:
+            raise SSLVitalsError(
+                f"checkpoint.best_checkpoint_metric={key} needs word alignments, but the probe has "
+                "none; put <probe stem>.words.tsv beside the probe or set "
+                "+task.vitals.probe_words=..."
             )
 
     def check_model(self, model: torch.nn.Module) -> list[int]:

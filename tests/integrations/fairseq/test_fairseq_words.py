@@ -81,3 +81,17 @@ def test_word_measures_through_the_plugin_path_on_mr_hubert(tmp_path: Path) -> N
     for key, value in results[60.0].items():
         if key.startswith("vitals/") and key != "vitals/seconds":
             assert results[0.5][key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+
+
+def test_best_checkpoint_metric_on_a_word_measure_needs_word_alignments(tmp_path: Path) -> None:
+    from sslvitals.errors import SSLVitalsError
+    from sslvitals.integrations.fairseq.runner import FairseqVitals
+
+    corpus = tinydata.make_corpus(tmp_path / "corpus", n_train=2, n_valid=4)
+    cfg = VitalsConfig(enabled=True, metrics="rankme,cca_word")
+    with pytest.raises(SSLVitalsError, match="needs word alignments"):
+        FairseqVitals(cfg, data=str(corpus), save_dir=str(tmp_path),
+                      best_checkpoint_metric="vitals/cca_word/L2")
+    cfg = VitalsConfig(enabled=True, metrics="rankme,cca_word", probe_words=str(_words(corpus)))
+    FairseqVitals(cfg, data=str(corpus), save_dir=str(tmp_path),
+                  best_checkpoint_metric="vitals/cca_word/L2")
