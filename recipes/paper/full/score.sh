@@ -14,7 +14,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN_DIR=$EXP/pretrain/$CONFIG
 python "$HERE/strip_vitals.py" "$RUN_DIR/checkpoints" --out "$RUN_DIR/stock"
 mkdir -p "$EXP/scores"
-# resumable: rows already in the CSV are not computed again
-sslvitals score "$RUN_DIR/stock" --probe "$PROBE" --run "$CONFIG" \
-  --metrics default --k 1024 --reservoir-size 40000 --silhouette-sample 10000 \
-  --out "$EXP/scores/$CONFIG.csv"
+# resumable: rows already in the CSV are not computed again. k, reservoir, silhouette sample and
+# seed come from the run's vitals.jsonl (copied into stock/ by strip_vitals.py), so the offline
+# values equal the logged ones; extra options can be passed in SCORE_ARGS.
+# shellcheck disable=SC2086
+sslvitals score "$RUN_DIR/stock" --probe "$PROBE" --run "$CONFIG" --metrics default \
+  ${SCORE_ARGS:-} --out "$EXP/scores/$CONFIG.csv"

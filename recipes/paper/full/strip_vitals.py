@@ -6,7 +6,9 @@ A run trained with ``task._name=hubert_pretraining_vitals`` stores that task nam
 checkpoint (HuBERT fine-tuning through ``model.w2v_path``, ``simple_kmeans/dump_hubert_feature.py``,
 ``sslvitals score``) then need the plugin imported. This script writes copies whose task is the
 stock one (``hubert_pretraining``, ``audio_pretraining``, ``multires_hubert_pretraining``) with
-the ``vitals`` node removed; the weights, optimizer history and extra state are untouched.
+the ``vitals`` node removed; the weights, optimizer history and extra state are untouched. For a
+folder, the run's ``vitals.jsonl`` is copied beside the copies, so ``sslvitals score`` on them
+uses the settings and probe the run logged with.
 
 Usage::
 
@@ -106,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         changed = strip_file(s, d)
         logger.info("%s -> %s%s", s, d, "" if changed else " (no sslvitals task inside; copied as is)")
+    records = src / "vitals.jsonl"
+    if src.is_dir() and records.is_file():
+        # the run's records travel with the copies: `sslvitals score` on them then takes the
+        # run's settings and probe from it, and reproduces the logged values
+        import shutil
+
+        shutil.copyfile(records, out / "vitals.jsonl")
+        logger.info("%s -> %s", records, out / "vitals.jsonl")
     return 0
 
 
