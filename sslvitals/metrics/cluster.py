@@ -299,6 +299,8 @@ def _pool_distance_rows(
     computed once, in large tiles that cover only the upper triangle and are mirrored (the
     matrix is exactly symmetric), and a step's candidates are then rows gathered from that
     ``(n, n)`` float32 matrix; otherwise each call multiplies the candidates by the pool.
+    Each squared distance is one product of augmented rows ``[p, ||p||^2, 1]`` and
+    ``[-2 p, 1, ||p||^2]`` (no separate passes to add the norms).
 
     Args:
         pool: ``(n, D)`` float32 frames.
@@ -311,25 +313,24 @@ def _pool_distance_rows(
     n = pool.shape[0]
     centre = pool.sum(dim=0, dtype=torch.float64) / n
     p = (pool.to(torch.float64) - centre).to(torch.float32)
-    sq = p.pow(2).sum(dim=1)
+    sq = p.pow(2).sum(dim=1, keepdim=True)
+    ones = torch.ones_like(sq)
+    # lhs_i . rhs_j = ||p_i||^2 + ||p_j||^2 - 2 p_i.p_j: one product gives the squared distance
+    lhs = torch.cat([p, sq, ones], dim=1)
+    rhs = torch.cat([p * -2.0, ones, sq], dim=1)
     if n * n <= _SEED_MATRIX_ELEMENTS and n <= _SEED_MATRIX_MAX_RATIO * n_candidates:
         mat = torch.empty(n, n, dtype=torch.float32, device=pool.device)
         for a in range(0, n, _SEED_TILE):
             b = min(n, a + _SEED_TILE)
-            band = torch.addmm(sq[a:].unsqueeze(0), p[a:b], p[a:].t(), beta=1.0, alpha=-2.0)
-            band.add_(sq[a:b].unsqueeze(1)).clamp_(min=0.0)
-            mat[a:b, a:] = band
-            diag = band[:, : b - a]  # a product is not exactly symmetric: mirror its upper half
-            mat[a:b, a:b] = torch.triu(diag) + torch.triu(diag, diagonal=1).t()
-            for c in range(b, n, _SEED_TILE):  # mirror square tile by square tile
-                e = min(n, c + _SEED_TILE)
-                mat[c:e, a:b] = band[:, c - a : e - a].t()
+            torch.mm(lhs[a:b], rhs[a:].t(), out=mat[a:b, a:])  # this band, right of the diagonal
+            tile = mat[a:b, a:b]  # a product is not exactly symmetric: keep the smaller of a pair
+            tile.copy_(torch.minimum(tile, tile.t()))
+            mat[b:, a:b].copy_(mat[a:b, b:].t())  # mirror the band below the diagonal
         mat.fill_diagonal_(0.0)
-        return lambda idx: mat.index_select(0, idx)
+        return lambda idx: mat.index_select(0, idx).clamp_(min=0.0)
 
     def rows(idx: torch.Tensor) -> torch.Tensor:
-        out = torch.addmm(sq.unsqueeze(0), p.index_select(0, idx), p.t(), beta=1.0, alpha=-2.0)
-        out.add_(sq.index_select(0, idx).unsqueeze(1)).clamp_(min=0.0)
+        out = torch.mm(lhs.index_select(0, idx), rhs.t()).clamp_(min=0.0)
         return out.scatter_(1, idx.unsqueeze(1), 0.0)
 
     return rows
@@ -342,14 +343,14 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     squared distance to the nearest chosen centre, and the one that lowers the total most is
     kept (the greedy variant of Arthur and Vassilvitskii's k-means++). For large k the pool's
     pairwise squared distances are computed up front by :func:`_pool_distance_rows` in large
-    matrix products (about ``n_seed^2 D / 2`` multiply-adds: 4 % of 20 Lloyd iterations at
-    N = 40,000, k = 1024), so a step only gathers its candidates' rows, ``O(n_seed)`` work,
-    instead of a thin ``(n_seed, D) x (D, trials)`` product that streams the whole pool from
-    memory; for small k that product is the cheaper route and stays. The step loop runs on
-    one CPU thread (:func:`_one_cpu_thread`). The draws are those of :func:`_seed_greedy`
-    (same pool, same uniforms). Random numbers come from a CPU generator, and draws are made
-    with a cumulative sum and a search on the device, so CPU and CUDA use the same uniforms
-    and no step waits for the host.
+    matrix products (about ``n_seed^2 D / 2`` multiply-adds, less than one Lloyd iteration's
+    ``N k D`` at N = 40,000, k = 1024), so a step only gathers its candidates' rows,
+    ``O(n_seed)`` work, instead of a thin ``(n_seed, D) x (D, trials)`` product that streams
+    the whole pool from memory; for small k that product is the cheaper route and stays. The
+    step loop runs on one CPU thread (:func:`_one_cpu_thread`). The draws are those of
+    :func:`_seed_greedy` (same pool, same uniforms). Random numbers come from a CPU
+    generator, and draws are made with a cumulative sum and a search on the device, so CPU
+    and CUDA use the same uniforms and no step waits for the host.
 
     Args:
         x: ``(N, D)`` float32 frames, ``N >= k``.
@@ -462,7 +463,7 @@ def kmeans(x: ArrayLike, k: int, *, niter: int = 20, seed: int = 0, backend: str
     Both backends start from the same greedy k-means++ seeds (D^2 sampling with
     ``2 + ln(k)`` candidates per step, on a seeded subset of at most ``max(8 k, 4096)``
     frames; for large k the subset's pairwise distances are computed up front in large
-    matrix products, so seeding costs a few per cent of the Lloyd iterations) and then run
+    matrix products, so seeding costs less than one Lloyd iteration) and then run
     ``niter`` Lloyd iterations on all frames in float32. The final labels and inertia are
     computed against the returned centroids. The torch products run in full float32
     precision whatever the caller's TF32 / ``torch.set_float32_matmul_precision`` setting,
