@@ -182,8 +182,15 @@ def fairseq_state(tmp_path: Path) -> Path:
 def test_safe_load_reads_what_fairseq_checkpoints_hold(fairseq_state: Path) -> None:
     from sslvitals.integrations.fairseq.checkpoint import fairseq_step, read_fairseq_state
 
-    # torch's default refuses the file (the Dictionary); the allow-list reads it
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(fairseq_state))
+    # torch's default refuses the file (the Dictionary); the allow-list reads it. Another test
+    # may have imported the plugin, which allow-lists the classes process-wide: ask torch with
+    # its default list, then put the process's list back.
+    registered = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(fairseq_state))
+    finally:
+        torch.serialization.add_safe_globals(registered)
     assert "fairseq.data.dictionary.Dictionary" in unsafe and "argparse.Namespace" in unsafe
     state = read_fairseq_state(str(fairseq_state))
     assert state["task_state"]["dictionaries"][0].symbols[-3:] == ["a", "b", "c"]
