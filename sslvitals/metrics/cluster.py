@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 #: Elements of one distance block (rows x columns); 4M float32 = 16 MiB.
 _BLOCK_ELEMENTS = 1 << 22
+#: At most this many rows per block in the nearest-centroid search: the exact recomputation
+#: of the squared distances makes two (rows, D) temporaries, and at 4,096 x 768 they are
+#: reused by the allocator instead of being fresh pages on every call (2.3x faster at k = 100).
+_ASSIGN_MAX_ROWS = 4096
 #: Square tile side for the exact silhouette.
 _SIL_TILE = 2048
 #: Largest number of clusters in one block of label-sorted rows for which per-cluster sums
@@ -68,12 +72,12 @@ _SEED_MIN = 4096
 #: The seeding keeps all squared distances within its pool in one float32 matrix when the pool
 #: has at most this many pairs (2^27 = 512 MiB: pools of up to 11,585 frames, k <= 1448 with
 #: the default pool size) and the matrix is cheaper than the step-by-step candidate rows,
-#: i.e. n_seed <= _SEED_MATRIX_MAX_RATIO x k x (2 + ln k) (from k = 196 on with the default
-#: pool; the measured crossover on 2 CPU cores lies between k = 150 and k = 256); otherwise
-#: each step's rows are computed on the fly. The route depends only on N and k, never on the
-#: device or the data.
+#: i.e. n_seed <= _SEED_MATRIX_MAX_RATIO x k x (2 + ln k) (from k = 137 on with the default
+#: pool; measured on 2 CPU cores, the crossover lies near k = 100 on an idle machine and
+#: near k = 200 on a loaded one); otherwise each step's rows are computed on the fly. The
+#: route depends only on N and k, never on the device or the data.
 _SEED_MATRIX_ELEMENTS = 1 << 27
-_SEED_MATRIX_MAX_RATIO = 3
+_SEED_MATRIX_MAX_RATIO = 5
 #: Rows per tile when that matrix is filled (only the upper triangle of tiles is multiplied).
 _SEED_TILE = 1024
 
@@ -264,7 +268,7 @@ def _assign(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     sq = torch.empty(n, dtype=torch.float32, device=x.device)
     c_sq = c.pow(2).sum(dim=1)
     ct = c.t()
-    step = _rows_per_block(c.shape[0])
+    step = min(_rows_per_block(c.shape[0]), _ASSIGN_MAX_ROWS)
     for s in range(0, n, step):
         xb = x[s : s + step]
         # ||c||^2 - 2 x.c ; the ||x||^2 term does not change the argmin.

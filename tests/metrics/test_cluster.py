@@ -183,6 +183,16 @@ def test_assign_matches_bruteforce(noisy):
     np.testing.assert_allclose(sq.numpy(), d.min(1), rtol=1e-5)
 
 
+def test_assign_does_not_depend_on_block_rows(wide_blobs, monkeypatch):
+    """The block size is a memory setting: same labels and squared distances."""
+    x = wide_blobs
+    cents = x[::37] + 0.25
+    ref = C.assign(x, cents)
+    monkeypatch.setattr(C, "_ASSIGN_MAX_ROWS", 97)  # 1,500 rows: 15 full blocks and a partial one
+    got = C.assign(x, cents)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
 def test_assign_dimension_mismatch(noisy):
     x, _ = noisy
     with pytest.raises(SSLVitalsError, match="dimension"):
