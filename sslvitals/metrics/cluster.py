@@ -130,17 +130,21 @@ def _matmul_precision_knobs() -> list[object]:
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the block's CPU ops on one torch thread (no-op for other devices).
+def _one_cpu_thread(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """Run the block's CPU ops on one torch thread (no-op for other devices or if not enabled).
 
     For loops of many tiny ops (the seeding's steps: a few vectors of ``n_seed`` entries):
     splitting them over threads gains nothing, and on a machine shared with other jobs every
     parallel region waits for a descheduled thread (measured: 1,024 steps took 3 to 18 s with
     two threads under a load of 5, under 1 s with one). The caller's thread count is
-    restored afterwards; it is process-global meanwhile.
+    restored afterwards, also on an exception; it is process-global meanwhile.
+
+    Args:
+        device: Device of the block's tensors; only ``"cpu"`` changes anything.
+        enabled: False makes the block run with the caller's thread count.
     """
     before = torch.get_num_threads()
-    if device.type != "cpu" or before == 1:
+    if not enabled or device.type != "cpu" or before == 1:
         yield
         return
     torch.set_num_threads(1)
@@ -292,6 +296,11 @@ def _seed_pool(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+def _seed_uses_matrix(n: int, n_candidates: int) -> bool:
+    """Whether a pool of ``n`` frames asked for ``n_candidates`` rows keeps the full matrix."""
+    return n * n <= _SEED_MATRIX_ELEMENTS and n <= _SEED_MATRIX_MAX_RATIO * n_candidates
+
+
 def _pool_distance_rows(
     pool: torch.Tensor, n_candidates: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -322,7 +331,7 @@ def _pool_distance_rows(
     # lhs_i . rhs_j = ||p_i||^2 + ||p_j||^2 - 2 p_i.p_j: one product gives the squared distance
     lhs = torch.cat([p, sq, ones], dim=1)
     rhs = torch.cat([p * -2.0, ones, sq], dim=1)
-    if n * n <= _SEED_MATRIX_ELEMENTS and n <= _SEED_MATRIX_MAX_RATIO * n_candidates:
+    if _seed_uses_matrix(n, n_candidates):
         mat = torch.empty(n, n, dtype=torch.float32, device=pool.device)
         for a in range(0, n, _SEED_TILE):
             b = min(n, a + _SEED_TILE)
@@ -350,9 +359,9 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     matrix products (about ``n_seed^2 D / 2`` multiply-adds, less than one Lloyd iteration's
     ``N k D`` at N = 40,000, k = 1024), so a step only gathers its candidates' rows,
     ``O(n_seed)`` work, instead of a thin ``(n_seed, D) x (D, trials)`` product that streams
-    the whole pool from memory; for small k that product is the cheaper route and stays. The
-    step loop runs on one CPU thread (:func:`_one_cpu_thread`). The draws are those of
-    :func:`_seed_greedy` (same pool, same uniforms). Random numbers come from a CPU
+    the whole pool from memory; for small k that product is the cheaper route and stays. With
+    the matrix the step loop runs on one CPU thread (:func:`_one_cpu_thread`). The draws are
+    those of :func:`_seed_greedy` (same pool, same uniforms). Random numbers come from a CPU
     generator, and draws are made with a cumulative sum and a search on the device, so CPU
     and CUDA use the same uniforms and no step waits for the host.
 
@@ -372,7 +381,9 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     rows_of = _pool_distance_rows(pool, k * n_trials)
     first = (uniforms[0, :1] * n).long().clamp_(max=n - 1)
     chosen = [first]
-    with _one_cpu_thread(pool.device):
+    # matrix route: every op of a step is small, one thread; rows route: the step's product
+    # is the work, and its ops on (trials, n_seed) stay below torch's parallel grain anyway
+    with _one_cpu_thread(pool.device, enabled=_seed_uses_matrix(n, k * n_trials)):
         min_d2 = rows_of(first)[0]  # (n,) float32; sums and the cumulative sum are in float64
         for j in range(1, k):
             cum = torch.cumsum(min_d2, dim=0, dtype=torch.float64)

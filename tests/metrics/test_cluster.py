@@ -382,22 +382,25 @@ def test_seeding_inertia_not_worse_than_the_previous_seeding(many_blobs, backend
     assert new < rand
 
 
-def test_seeding_ignores_and_restores_the_thread_count(many_blobs):
-    """The seeding's step loop runs on one CPU thread: the caller's count does not change the
-    centres and is restored afterwards, also when the block raises."""
+@pytest.mark.parametrize("k", [80, 300])  # rows computed per step; the pool's matrix
+def test_seeding_ignores_and_restores_the_thread_count(many_blobs, k):
+    """The caller's thread count does not change the centres and is restored afterwards (the
+    matrix route's step loop runs on one CPU thread), also when the block raises."""
     x = torch.from_numpy(many_blobs)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        two = C._kmeanspp(x, 300, 0)
+        two = C._kmeanspp(x, k, 0)
         assert torch.get_num_threads() == 2
         with pytest.raises(ZeroDivisionError):
             with C._one_cpu_thread(torch.device("cpu")):
                 assert torch.get_num_threads() == 1
                 raise ZeroDivisionError
         assert torch.get_num_threads() == 2
+        with C._one_cpu_thread(torch.device("cpu"), enabled=False):
+            assert torch.get_num_threads() == 2
         torch.set_num_threads(1)
-        one = C._kmeanspp(x, 300, 0)
+        one = C._kmeanspp(x, k, 0)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
