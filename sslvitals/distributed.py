@@ -108,6 +108,26 @@ def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
     return box[0]
 
 
+def _padded_rows(tensor: torch.Tensor, group: Any, caller: str) -> tuple[list[Any], torch.Tensor]:
+    """Agree on every rank's row count, check trailing shape and dtype, and pad to the longest.
+
+    Returns:
+        ``(meta, buf)``: ``(rows, trailing shape, dtype)`` per rank, and this rank's tensor
+        zero-padded to the largest row count on the communication device.
+    """
+    meta = all_gather_object((int(tensor.shape[0]), tuple(tensor.shape[1:]), str(tensor.dtype)),
+                             group)
+    if len({(m[1], m[2]) for m in meta}) != 1:
+        raise SSLVitalsError(
+            f"{caller} needs the same trailing shape and dtype on every rank, got {meta}"
+        )
+    dev = _comm_device(group)
+    longest = max(m[0] for m in meta)
+    buf = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=dev)
+    buf[: tensor.shape[0]] = tensor.detach().to(dev)
+    return meta, buf
+
+
 def all_gather_rows(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
     """Gather tensors whose first dimension differs between ranks.
 
@@ -127,16 +147,7 @@ def all_gather_rows(tensor: torch.Tensor, group: Any = None) -> list[torch.Tenso
     """
     if not is_distributed() or world_size(group) == 1:
         return [tensor]
-    meta = all_gather_object((int(tensor.shape[0]), tuple(tensor.shape[1:]), str(tensor.dtype)),
-                             group)
-    if len({(m[1], m[2]) for m in meta}) != 1:
-        raise SSLVitalsError(
-            f"all_gather_rows needs the same trailing shape and dtype on every rank, got {meta}"
-        )
-    dev = _comm_device(group)
-    longest = max(m[0] for m in meta)
-    buf = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=dev)
-    buf[: tensor.shape[0]] = tensor.detach().to(dev)
+    meta, buf = _padded_rows(tensor, group, "all_gather_rows")
     parts = [torch.empty_like(buf) for _ in meta]
     torch.distributed.all_gather(parts, buf, group=group)
     return [p[: m[0]].to(tensor.device) for p, m in zip(parts, meta)]
@@ -162,16 +173,7 @@ def gather_rows(tensor: torch.Tensor, dst: int, group: Any = None) -> list[torch
     """
     if not is_distributed() or world_size(group) == 1:
         return [tensor]
-    meta = all_gather_object((int(tensor.shape[0]), tuple(tensor.shape[1:]), str(tensor.dtype)),
-                             group)
-    if len({(m[1], m[2]) for m in meta}) != 1:
-        raise SSLVitalsError(
-            f"gather_rows needs the same trailing shape and dtype on every rank, got {meta}"
-        )
-    dev = _comm_device(group)
-    longest = max(m[0] for m in meta)
-    buf = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=dev)
-    buf[: tensor.shape[0]] = tensor.detach().to(dev)
+    meta, buf = _padded_rows(tensor, group, "gather_rows")
     if rank(group) == dst:
         parts = [torch.empty_like(buf) for _ in meta]
         torch.distributed.gather(buf, gather_list=parts, dst=dst, group=group)
