@@ -132,3 +132,51 @@ def test_cli_rejects_one_seed_and_unknown_drop(tmp_path):
     with pytest.raises(SystemExit, match="unknown run"):
         seeds_mod.main(["--workdir", str(tmp_path), "--results", str(res), str(res1), "--out", str(tmp_path / "o"),
                         "--drop-runs", "zzz"])
+
+
+def _between(n_configs: int = 12, n_seeds: int = 3, seed: int = 0):
+    """Scores rise with the configuration; 'good' tracks each configuration's mean score with
+    a little noise, 'noise' is unrelated, and the loss is unrelated too."""
+    rng = np.random.default_rng(seed)
+    recs, down = [], []
+    for c in range(n_configs):
+        for s in range(n_seeds):
+            score = float(c) + 0.1 * float(rng.normal())
+            recs.append({"toolkit": "fairseq", "run": f"cfg{c}@s{s}", "update": 10, "loss": float(rng.normal()),
+                         "metrics": {"vitals/good/L1": float(c) + 0.1 * float(rng.normal()),
+                                     "vitals/noise/L1": float(rng.normal())}})
+            recs.append({"toolkit": "fairseq", "run": f"cfg{c}@s{s}", "update": 20, "loss": 0.0,
+                         "metrics": {"vitals/good/L1": 0.0, "vitals/noise/L1": float(rng.normal())}})
+            down.append({"run": f"cfg{c}", "task": "acc", "score": score, "direction": "higher", "seed": s})
+    return _values(recs), pd.DataFrame(down)
+
+
+def test_beats_loss_separates_a_predictive_metric_from_noise():
+    values, down = _between()
+    rho = seeds_mod.rho_by_seed(seeds_mod.per_seed_correlations(values, down, 10))
+    out = seeds_mod.beats_loss(values, down, 10, rho, n_boot=500)
+    good = out[out["metric"] == "good"].iloc[0]
+    noise = out[out["metric"] == "noise"].iloc[0]
+    # independent reference: the seed-averaged Spearman rho from scipy
+    means = values[values["step"] == 10].assign(cfg=lambda f: f["run"].str.rsplit("@s", n=1).str[0])
+    m = means[means["metric"] == "good"].groupby("cfg")["value"].mean().sort_index()
+    sc = down.groupby("run")["score"].mean().sort_index()
+    assert good["rho"] == pytest.approx(stats.spearmanr(m.to_numpy(), sc.to_numpy()).statistic)
+    loss = means.drop_duplicates("run").groupby("cfg")["loss"].mean().sort_index()
+    assert good["loss_rho"] == pytest.approx(stats.spearmanr(loss.to_numpy(), sc.to_numpy()).statistic)
+    assert good["diff"] == pytest.approx(abs(good["rho"]) - abs(good["loss_rho"]))
+    assert good["verdict"] == "beats the loss" and good["every_seed"]
+    assert good["diff_lo"] > 0 and good["q_better"] < 0.05
+    assert noise["verdict"] != "beats the loss" and noise["q_better"] > 0.05
+
+
+def test_spread_vs_noise_and_mfcc_reference():
+    down = pd.DataFrame([{"run": r, "task": "acc", "score": v, "seed": s}
+                         for r, base in (("a", 0.2), ("b", 0.5), ("c", 0.8)) for s, v in
+                         enumerate((base - 0.01, base, base + 0.01))])
+    wide, _ = seeds_mod.downstream_agreement(down)
+    sp = seeds_mod.spread_vs_noise(wide, {"acc": 0.5}).iloc[0]
+    assert sp["spread"] == pytest.approx(0.6) and sp["median_seed_sd"] == pytest.approx(0.01)
+    assert sp["ratio"] == pytest.approx(60.0)
+    # b straddles the reference (one seed below, one equal, one above): neither above nor below
+    assert sp["above_mfcc"] == "c" and sp["below_mfcc"] == "a"

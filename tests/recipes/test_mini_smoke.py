@@ -39,10 +39,10 @@ def test_merge_overrides_replaces_keys_and_keeps_plus():
 
 def test_full_runs_differ_and_share_the_early_step():
     names = [r.name for r in mini.RUNS]
-    assert len(names) >= 8 and len(set(names)) == len(names)
+    assert len(names) >= 16 and len(set(names)) == len(names)
     # every configuration differs from the reference in at least one field
     ref = mini.RUNS[0]
-    fields = ("mask_prob", "lr", "updates", "dim", "layers", "targets_k")
+    fields = ("targets", "mask_prob", "lr", "updates", "dim", "layers")
     for r in mini.RUNS[1:]:
         assert any(getattr(r, f) != getattr(ref, f) for f in fields), r.name
     for mode in (mini.FULL, mini.SMOKE):
@@ -51,7 +51,7 @@ def test_full_runs_differ_and_share_the_early_step():
 
 def test_train_command_overrides(tmp_path):
     pytest.importorskip("fairseq")
-    cfg = mini.RunConfig("x", "test", mask_prob=0.3, lr=1e-3, updates=4 * mini.FULL.early, dim=64, targets_k=25)
+    cfg = mini.RunConfig("x", "test", mask_prob=0.3, lr=1e-3, updates=4 * mini.FULL.early, dim=64, targets="km25")
     cmd = mini.train_command(mini.FULL, cfg, tmp_path / "corpus", tmp_path / "labels", tmp_path / "run")
     overrides = cmd[5:]
     keys = [mini._override_key(o) for o in overrides]
@@ -110,12 +110,14 @@ def test_mini_smoke_end_to_end(tmp_path):
     summary = (res / "summary.md").read_text()
     for r in runs:
         assert f"| {r} |" in summary
-    for fig in ("early_rho_vs_loss.png", "mini_updates.png", "mini_scatter_phone_acc.png"):
+    for fig in ("early_rho_vs_loss_phone_acc.png", "early_rho_vs_loss_speaker_acc.png", "mini_updates.png",
+                "mini_scatter_phone_acc.png", "mini_scatter_speaker_acc.png"):
         assert (res / "figures" / fig).stat().st_size > 0, fig
     assert "(MFCC reference)" in summary
     info = json.loads((res / "run_info.json").read_text())
     assert info["mode"] == "smoke" and info["failed_runs"] == []
     assert 0.0 <= info["mfcc_reference"]["phone_acc"] <= 1.0
+    assert 0.0 <= info["mfcc_reference"]["speaker_acc"] <= 1.0
     # early and final checkpoints and measurements of every run
     for r in mini.SMOKE.runs:
         ck = work / "runs" / r.name / "checkpoints"
@@ -133,7 +135,7 @@ def test_mini_smoke_end_to_end(tmp_path):
     assert info2["seconds"] == info["seconds"] and "regenerated" in info2, "the first run's timing is kept"
 
     # the full recipe's strip_vitals.py makes these checkpoints loadable without the plugin
-    final = sorted((work / "runs" / "base" / "checkpoints").glob(f"checkpoint_*_{mini.SMOKE.runs[0].updates}.pt"))[-1]
+    final = sorted((work / "runs" / mini.SMOKE.runs[0].name / "checkpoints").glob(f"checkpoint_*_{mini.SMOKE.runs[0].updates}.pt"))[-1]
     stock = tmp_path / "stock.pt"
     strip = ROOT / "recipes" / "paper" / "full" / "strip_vitals.py"
     r = subprocess.run([sys.executable, str(strip), str(final), "--out", str(stock)], capture_output=True, text=True)
@@ -172,6 +174,58 @@ def test_mini_smoke_end_to_end(tmp_path):
     down = pd.read_csv(noise / "downstream_by_seed.csv")
     assert sorted(down["run"].unique()) == sorted(runs) and {"seed0", "seed1"} <= set(down.columns)
     text = (noise / "noise.md").read_text()
-    assert "## Pooled" in text and "## Seed-averaged" in text
-    for fig in ("rho_seed_agreement.png", "rho_by_seed_last_layer.png"):
+    assert "## Pooled" in text and "## Seed-averaged" in text and "## Signal" in text
+    spread = pd.read_csv(noise / "spread.csv")
+    assert set(spread["task"]) == set(mini.TASKS) and (spread["configs"] == len(runs)).all()
+    verdict = pd.read_csv(noise / "beats_loss.csv")
+    assert set(verdict["task"]) == set(mini.TASKS)
+    assert set(verdict["verdict"]) <= {"beats the loss", "worse than the loss", "not distinguishable"}
+    for fig in ("rho_seed_agreement.png", "rho_by_seed_last_layer_phone_acc.png", "rho_by_seed_last_layer_speaker_acc.png",
+                "downstream_spread.png"):
         assert (noise / "figures" / fig).stat().st_size > 0, fig
+
+
+def test_phone_and_random_targets(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "phones.txt").write_text("sil 0\naa 1\nbb 2\n")
+    lines = {"train": ["0 1 1 2", "2 2 0"], "valid": ["1 0"], "probe": ["0 0 2"]}
+    for split, ls in lines.items():
+        (corpus / f"{split}.phn").write_text("\n".join(ls) + "\n")
+        (corpus / f"{split}.tsv").write_text("audio_root\n")
+    phone = mini.make_targets(corpus, tmp_path / "labels", "phone")
+    assert (phone / "train.km").read_text().splitlines() == lines["train"]
+    assert (phone / "dict.km.txt").read_text().splitlines() == ["0 1", "1 1", "2 1"]
+    assert (phone / "train.tsv").resolve() == (corpus / "train.tsv").resolve()
+    rand = mini.make_targets(corpus, tmp_path / "labels", "random7")
+    for split, ls in lines.items():
+        got = [ln.split() for ln in (rand / f"{split}.km").read_text().splitlines()]
+        assert [len(g) for g in got] == [len(ln.split()) for ln in ls], "one random target per frame"
+        assert all(0 <= int(v) < 7 for g in got for v in g)
+    assert len((rand / "dict.km.txt").read_text().splitlines()) == 7
+    again = mini.make_targets(corpus, tmp_path / "labels", "random7")
+    assert (again / "train.km").read_text() == (rand / "train.km").read_text()
+    with pytest.raises(ValueError, match="unknown targets"):
+        mini.make_targets(corpus, tmp_path / "labels", "kmeans")
+
+
+def test_no_masking_predicts_unmasked_frames():
+    assert mini.mask_overrides(0.8) == ["model.mask_prob=0.8"]
+    ov = mini.mask_overrides(0.0)
+    assert "criterion.pred_masked_weight=0.0" in ov and "criterion.pred_nomask_weight=1.0" in ov
+
+
+def test_speaker_split_keeps_every_speaker_in_every_part():
+    import torch
+
+    speakers = {i: ("s1" if i % 2 else "s0") for i in range(20)}
+    utt = torch.tensor([i for i in range(20) for _ in range(3)])
+    part, spk = mini.speaker_split(utt, speakers)
+    for name, cls in (("s0", 0), ("s1", 1)):
+        mine = sorted(i for i, s in speakers.items() if s == name)
+        parts = {int(part[utt == i][0]) for i in mine}
+        assert parts == {0, 1, 2}
+        assert [int(part[utt == i][0]) for i in mine] == [0] * 6 + [1] * 2 + [2] * 2
+        assert bool((spk[torch.isin(utt, torch.tensor(mine))] == cls).all())
+    with pytest.raises(ValueError, match="3 or more"):
+        mini.speaker_split(torch.tensor([0, 1]), {0: "a", 1: "a"})

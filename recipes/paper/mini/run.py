@@ -10,30 +10,40 @@ Stages (each resumable; a finished stage is skipped on a rerun with the same wor
    * the *pretraining* corpus: ``train`` (pretraining audio), ``valid`` (fairseq's own
      validation) and ``probe`` (held-out speakers; the audio the vitals are measured on);
    * the *downstream* corpus (another seed, other sentences): ``train`` (labelled training
-     frames of the phone classifier), ``valid`` (held-out speakers: picks the layer) and
-     ``probe`` (the same held-out speakers, other sentences: the reported score);
+     frames of the phone classifier; its utterances, split per speaker, also serve speaker
+     identification), ``valid`` (held-out speakers: picks the phone layer) and ``probe``
+     (the same held-out speakers, other sentences: the reported phone score);
 
-   plus MFCC k-means targets (HuBERT iteration 1) for every ``k`` a run asks for.
+   plus the pretraining targets every configuration asks for (:func:`make_targets`: MFCC
+   k-means, the synthesiser's phones, or random labels).
 2. ``pretrain``: one real ``fairseq-hydra-train`` per configuration of :data:`RUNS` (the stock
    ``hubert_base_librispeech`` recipe shrunk by overrides, built with
-   :func:`sslvitals.demo.fairseq_train_command`), with the sslvitals plugin measuring every
-   layer on the probe at each validation (every ``early`` updates, so at the early step and at
-   the end) and checkpoints kept at every validation (``keep_interval_updates=-1``).
-   At most ``--jobs`` trainings run at once, each single-threaded.
+   :func:`sslvitals.demo.fairseq_train_command`, plus :data:`FAST_LEARNING`), with the
+   sslvitals plugin measuring every layer on the probe at each validation (every ``early``
+   updates, so at the early step and at the end) and checkpoints kept at every validation
+   (``keep_interval_updates=-1``). At most ``--jobs`` trainings run at once, each
+   single-threaded.
 3. ``downstream``: frozen final checkpoint -> features of every layer on the downstream
-   corpus -> linear phone classifier per layer (multinomial logistic regression, L-BFGS).
-   Scores: ``phone_acc`` = frame accuracy on held-out speakers (silence frames excluded) at the
-   layer with the best accuracy on the downstream ``valid`` split, and ``phone_acc_last`` = the
-   same at the last layer. The same classifier on MFCC + deltas is a no-pretraining reference.
+   corpus -> two linear probes per layer (multinomial logistic regression, L-BFGS):
+
+   * ``phone_acc``: phone recognition, frame accuracy on held-out speakers (silence frames
+     excluded), at the layer with the best accuracy on the downstream ``valid`` split;
+   * ``speaker_acc``: speaker identification of the downstream training speakers on held-out
+     utterances (frame accuracy on speech frames), at the layer best on validation utterances.
+
+   The same probes on MFCC + deltas give a no-pretraining reference.
 4. ``correlate``: ``sslvitals correlate`` of every metric and layer at the *early* update
    (and, for reference, at the last update) with the downstream scores, next to the
-   validation loss at the same update; ``sslvitals plot``; a summary table and figure.
+   validation loss at the same update; ``sslvitals plot``; a summary table and figures.
+
+Several training seeds share one work directory (``--seed``); ``seeds.py`` then compares them
+and answers the question across configurations with seed-averaged values.
 
 Usage::
 
     .venv/bin/python recipes/paper/mini/run.py --smoke --workdir ../mini-smoke
-    .venv/bin/python recipes/paper/mini/run.py --workdir mini-work \\
-        --results recipes/paper/mini/results
+    .venv/bin/python recipes/paper/mini/run.py --workdir ../mini-work --seed 0 \\
+        --results recipes/paper/mini/results/seed0
 """
 from __future__ import annotations
 
@@ -66,42 +76,57 @@ class RunConfig:
 
     Attributes:
         name: Run name (folder name; also the ``run`` column of every table).
-        what: One line saying what differs from ``base``.
-        mask_prob: HuBERT ``model.mask_prob``.
+        what: One line saying what differs from ``km100``, the reference.
+        targets: Pretraining targets: ``"km<K>"`` (MFCC k-means with K clusters, HuBERT's first
+            iteration), ``"phone"`` (the synthesiser's own 50 Hz phone labels: an upper bound
+            on target quality) or ``"random<K>"`` (K classes drawn uniformly per frame: targets
+            that carry no information).
+        mask_prob: HuBERT ``model.mask_prob``; 0 (the reference) trains without masking (see
+            :func:`mask_overrides`).
         lr: Peak learning rate.
-        updates: Optimizer updates (a multiple of the early step).
+        updates: Optimizer updates (a multiple of the mode's early step).
         dim: Transformer width (FFN is 4x).
         layers: Transformer blocks.
-        targets_k: Clusters of the MFCC k-means targets.
     """
 
     name: str
     what: str
-    mask_prob: float = 0.65
-    lr: float = 5e-4
-    updates: int = 600
-    dim: int = 128
+    targets: str = "km100"
+    mask_prob: float = 0.0
+    lr: float = 3e-3
+    updates: int = 800
+    dim: int = 96
     layers: int = 4
-    targets_k: int = 100
 
 
-#: The full miniature: 8 configurations along the axes the paper's HuBERT study varies.
+#: The full miniature: 16 configurations. Target quality spans information-free (random)
+#: through MFCC k-means (k = 25, 100) to the synthesiser's own phones; masking (none, 0.30, the
+#: stock 0.80), learning rate (barely training to unstable), training length and width vary
+#: around the MFCC reference, some of them with phone targets too.
 RUNS: tuple[RunConfig, ...] = (
-    RunConfig("base", "reference: mask 0.65, lr 5e-4, 600 updates, 4x128, k=100"),
-    RunConfig("mask030", "mask_prob 0.30", mask_prob=0.30),
-    RunConfig("mask080", "mask_prob 0.80 (the stock recipe's value)", mask_prob=0.80),
-    RunConfig("lr1e-4", "learning rate 1e-4", lr=1e-4),
-    RunConfig("lr2e-3", "learning rate 2e-3", lr=2e-3),
-    RunConfig("short", "half the updates (300)", updates=300),
-    RunConfig("narrow", "width 64 instead of 128", dim=64),
-    RunConfig("k25", "MFCC k-means targets with k=25 instead of 100", targets_k=25),
+    RunConfig("km100", "reference: MFCC k-means k=100, no masking, lr 3e-3, 800 updates, 4x96"),
+    RunConfig("km25", "MFCC k-means targets with k=25", targets="km25"),
+    RunConfig("phone", "the synthesiser's phone labels as targets (upper bound)", targets="phone"),
+    RunConfig("random", "random targets (100 classes, uniform per frame)", targets="random100"),
+    RunConfig("mask030", "masking, mask_prob 0.30 (loss on masked frames)", mask_prob=0.30),
+    RunConfig("mask080", "masking, mask_prob 0.80 (the stock HuBERT Base value)", mask_prob=0.80),
+    RunConfig("phone-mask080", "phone targets, mask_prob 0.80", targets="phone", mask_prob=0.80),
+    RunConfig("km25-mask080", "k=25 targets, mask_prob 0.80", targets="km25", mask_prob=0.80),
+    RunConfig("lr1e-5", "learning rate 1e-5 (barely trains)", lr=1e-5),
+    RunConfig("lr3e-4", "learning rate 3e-4", lr=3e-4),
+    RunConfig("lr1e-2", "learning rate 1e-2 (unstable)", lr=1e-2),
+    RunConfig("phone-lr3e-4", "phone targets, learning rate 3e-4", targets="phone", lr=3e-4),
+    RunConfig("short", "half the updates (400)", updates=400),
+    RunConfig("phone-short", "phone targets, half the updates (400)", targets="phone", updates=400),
+    RunConfig("narrow", "width 32 instead of 96", dim=32),
+    RunConfig("phone-narrow", "phone targets, width 32", targets="phone", dim=32),
 )
 
 #: The smoke test: three configurations, a few updates each.
 SMOKE_RUNS: tuple[RunConfig, ...] = (
-    RunConfig("base", "reference", updates=6, targets_k=20),
-    RunConfig("mask030", "mask_prob 0.30", mask_prob=0.30, updates=6, targets_k=20),
-    RunConfig("narrow", "width 64", dim=64, updates=6, targets_k=20),
+    RunConfig("km", "reference", updates=6, targets="km20"),
+    RunConfig("phone-mask080", "phone targets, mask_prob 0.80", targets="phone", mask_prob=0.80, updates=6),
+    RunConfig("random-narrow", "random targets, width 32", targets="random20", updates=6, dim=32),
 )
 
 
@@ -129,18 +154,31 @@ class Mode:
     silhouette: int
 
 
-FULL = Mode("full", RUNS, early=150, pre_hours=1.0, pre_speakers=8, pre_heldout=2,
-            pre_valid_min=2.0, pre_probe_min=8.0, down_hours=0.1, down_speakers=6, down_heldout=3,
-            down_valid_min=2.0, down_probe_min=4.0, max_tokens=160000, conv_channels=64,
-            vitals_k=100, reservoir=20000, silhouette=5000)
+FULL = Mode("full", RUNS, early=200, pre_hours=1.0, pre_speakers=8, pre_heldout=2,
+            pre_valid_min=2.0, pre_probe_min=8.0, down_hours=0.15, down_speakers=8, down_heldout=3,
+            down_valid_min=2.0, down_probe_min=4.0, max_tokens=80000, conv_channels=64,
+            vitals_k=100, reservoir=10000, silhouette=3000)
 SMOKE = Mode("smoke", SMOKE_RUNS, early=3, pre_hours=0.02, pre_speakers=2, pre_heldout=1,
-             pre_valid_min=0.3, pre_probe_min=0.5, down_hours=0.01, down_speakers=2, down_heldout=1,
-             down_valid_min=0.2, down_probe_min=0.3, max_tokens=160000, conv_channels=32,
+             pre_valid_min=0.3, pre_probe_min=0.5, down_hours=0.02, down_speakers=2, down_heldout=1,
+             down_valid_min=0.2, down_probe_min=0.3, max_tokens=80000, conv_channels=32,
              vitals_k=8, reservoir=2000, silhouette=300)
+
+#: Overrides of the stock recipe that let a tiny model learn within a few hundred updates on
+#: one CPU core (profiled: see the README): pre-LayerNorm blocks (stable at a high learning
+#: rate), the full gradient into the convolutional front end instead of a tenth, and no
+#: dropout (800 updates of 5 s see 1.1 epochs of the 1 h corpus; nothing to overfit).
+FAST_LEARNING: tuple[str, ...] = (
+    "+model.layer_norm_first=true",
+    "model.feature_grad_mult=1.0",
+    "model.dropout=0.0",
+    "model.attention_dropout=0.0",
+    "model.dropout_input=0.0",
+    "model.dropout_features=0.0",
+)
 
 SEED = 0
 DOWN_SEED = 1
-TASKS = ("phone_acc", "phone_acc_last")
+TASKS = ("phone_acc", "speaker_acc")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,20 +266,8 @@ def make_corpus(path: Path, params: dict[str, Any], jobs: int) -> None:
     synthesize_corpus(path, **params, jobs=jobs, force=True, progress=False)
 
 
-def make_targets(corpus: Path, labels_root: Path, k: int) -> Path:
-    """MFCC k-means targets with ``k`` clusters; returns the label directory.
-
-    The targets of each ``k`` live in their own folder (``labels_root/k<k>``) that links to the
-    corpus files, because :func:`sslvitals.synth.make_mfcc_targets` writes ``<split>.km`` next to
-    the manifests it reads.
-    """
-    from sslvitals.synth import make_mfcc_targets
-
-    out = labels_root / f"k{k}"
-    done = out / "targets.json"
-    if done.exists() and _read_json(done).get("k") == k and (out / "train.km").exists():
-        logger.info("[targets] reusing k=%d targets in %s", k, out)
-        return out
+def _label_folder(corpus: Path, out: Path) -> None:
+    """Make ``out`` a view of ``corpus`` (links to its files) without its targets."""
     out.mkdir(parents=True, exist_ok=True)
     for item in corpus.iterdir():
         if item.suffix == ".km" or item.name in ("dict.km.txt", "targets.json"):
@@ -249,10 +275,57 @@ def make_targets(corpus: Path, labels_root: Path, k: int) -> Path:
         link = out / item.name
         if not link.exists():
             link.symlink_to(item.resolve())
-    logger.info("[targets] MFCC k-means k=%d -> %s", k, out)
-    report = make_mfcc_targets(out, k=k, seed=SEED, progress=False)
-    q = report.quality.get("probe", {})
-    logger.info("[targets] k=%d done in %.1f s; probe PNMI %.3f", k, report.seconds, q.get("pnmi", float("nan")))
+
+
+def _targets_kind(spec: str) -> tuple[str, int]:
+    """``"km100"`` -> ``("km", 100)``; ``"phone"`` -> ``("phone", 0)``; ``"random50"`` -> ``("random", 50)``."""
+    m = re.fullmatch(r"(km|random)(\d+)|(phone)", spec)
+    if not m:
+        raise ValueError(f"unknown targets {spec!r}: use km<K>, random<K> or phone")
+    return ("phone", 0) if m.group(3) else (m.group(1), int(m.group(2)))
+
+
+def make_targets(corpus: Path, labels_root: Path, spec: str) -> Path:
+    """Write the pretraining targets ``spec`` (see :class:`RunConfig`); returns their folder.
+
+    The targets of each kind live in their own folder (``labels_root/<spec>``) that links to
+    the corpus files, because fairseq reads ``<split>.km`` and ``dict.km.txt`` from one folder.
+
+    * ``km<K>``: :func:`sslvitals.synth.make_mfcc_targets` (k-means on train MFCCs);
+    * ``phone``: the corpus's own 50 Hz phone ids (``<split>.phn``), one class per phone;
+    * ``random<K>``: K classes drawn uniformly and independently per frame (seeded), with the
+      frame count of the phone labels (the same framing fairseq checks against).
+    """
+    import numpy as np
+
+    from sslvitals.synth import make_mfcc_targets
+
+    kind, k = _targets_kind(spec)
+    out = labels_root / spec
+    done = out / "targets.json"
+    if done.exists() and _read_json(done).get("spec") == spec and (out / "train.km").exists():
+        logger.info("[targets] reusing %s targets in %s", spec, out)
+        return out
+    _label_folder(corpus, out)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"spec": spec}
+    if kind == "km":
+        report = make_mfcc_targets(out, k=k, seed=SEED, progress=False)
+        info["probe_pnmi"] = report.quality.get("probe", {}).get("pnmi", float("nan"))
+    else:
+        n_phones = len((corpus / "phones.txt").read_text(encoding="utf-8").split("\n")) - 1
+        classes = n_phones if kind == "phone" else k
+        rng = np.random.default_rng(SEED)
+        for split in ("train", "valid", "probe"):
+            lines = (corpus / f"{split}.phn").read_text(encoding="utf-8").splitlines()
+            if kind == "random":
+                lines = [" ".join(map(str, rng.integers(0, classes, len(line.split())))) for line in lines]
+            (out / f"{split}.km").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (out / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(classes)), encoding="utf-8")
+        info["classes"] = classes
+    info["seconds"] = time.perf_counter() - t0
+    _write_json(done, info)
+    logger.info("[targets] %s -> %s (%.1f s)", spec, out, info["seconds"])
     return out
 
 
@@ -283,7 +356,8 @@ def train_command(mode: Mode, cfg: RunConfig, corpus: Path, label_dir: Path, run
     cmd = demo.fairseq_train_command(args, corpus, run_dir)
     extra = [
         f"task.label_dir={label_dir}",
-        f"model.mask_prob={cfg.mask_prob}",
+        *mask_overrides(cfg.mask_prob),
+        *FAST_LEARNING,
         f"checkpoint.save_interval_updates={mode.early}",
         "checkpoint.keep_interval_updates=-1",
         "checkpoint.no_epoch_checkpoints=true",
@@ -293,6 +367,20 @@ def train_command(mode: Mode, cfg: RunConfig, corpus: Path, label_dir: Path, run
     ]
     head, overrides = cmd[:5], cmd[5:]
     return head + merge_overrides(overrides, extra)
+
+
+def mask_overrides(mask_prob: float) -> list[str]:
+    """Masking overrides; ``mask_prob == 0`` means training without masking.
+
+    fairseq's HuBERT cannot run with ``mask_prob=0`` (its loss indexes frames with the mask), so
+    "no masking" is a vanishing mask probability (fairseq still masks its minimum of two spans
+    of 10 frames per utterance) with the loss on the *unmasked* frames only
+    (``pred_masked_weight=0``, ``pred_nomask_weight=1``): the model predicts each frame's
+    target from the unmasked input.
+    """
+    if mask_prob == 0:
+        return ["model.mask_prob=1e-6", "criterion.pred_masked_weight=0.0", "criterion.pred_nomask_weight=1.0"]
+    return [f"model.mask_prob={mask_prob}"]
 
 
 @dataclass
@@ -349,7 +437,7 @@ def pretrain_all(mode: Mode, runs: Sequence[RunConfig], corpus: Path, label_dirs
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # unfinished earlier attempt: restart it cleanly
             run_dir.mkdir(parents=True)
-            cmd = train_command(mode, cfg, corpus, label_dirs[cfg.targets_k], run_dir, seed)
+            cmd = train_command(mode, cfg, corpus, label_dirs[cfg.targets], run_dir, seed)
             (run_dir / "command.txt").write_text(" ".join(shlex.quote(c) for c in cmd) + "\n", encoding="utf-8")
             log = open(run_dir / "train.log", "w", encoding="utf-8")
             proc = subprocess.Popen(cmd, cwd=str(run_dir), env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -414,10 +502,15 @@ def _register_plugin_tasks() -> None:
 
 
 def layer_features(checkpoint: Path, manifest: Path):
-    """Per layer, the frames of every utterance of ``manifest`` and their phone labels.
+    """Per layer, the frames of every utterance of ``manifest``, their phone labels and speakers.
+
+    One utterance per forward pass (no padding), so a frame's features do not depend on which
+    utterances it was read with.
 
     Returns:
-        ``({layer: (N, D) float32 tensor}, (N,) int64 tensor)``.
+        ``({layer: (N, D) float32 tensor}, (N,) int64 phone ids, (N,) int64 utterance
+        positions in the manifest, {position: speaker})``; the speaker is the folder of the
+        utterance's manifest path (``<spk>/<utt>.wav``).
     """
     import numpy as np
     import torch
@@ -431,8 +524,10 @@ def layer_features(checkpoint: Path, manifest: Path):
     probe = ProbeSet.from_path(manifest, labels=manifest.with_suffix(".phn"), max_seconds=None)
     feats: dict[int, list[torch.Tensor]] = {}
     labels: list[np.ndarray] = []
+    utt: list[np.ndarray] = []
+    speakers: dict[int, str] = {}
     with torch.no_grad(), LayerTap(loaded.model, layers=loaded.tap_layers) as tap:
-        for batch in probe.batches(30.0):
+        for batch in probe.batches(30.0, max_batch=1):
             tap.clear()
             loaded.forward_fn(loaded.model, batch)
             utts = tap.utterances()
@@ -440,10 +535,13 @@ def layer_features(checkpoint: Path, manifest: Path):
             for i, lab in enumerate(batch.labels):
                 n = min([len(lab)] + [utts[ly][i].shape[0] for ly in utts])
                 labels.append(np.asarray(lab[:n], dtype=np.int64))
+                utt.append(np.full(n, batch.index[i], dtype=np.int64))
+                speakers[int(batch.index[i])] = batch.ids[i].split("/")[0]
                 for ly, xs in utts.items():
                     feats.setdefault(ly, []).append(xs[i][:n].float().cpu())
     y = torch.from_numpy(np.concatenate(labels))
-    return {ly: torch.cat(xs) for ly, xs in feats.items()}, y
+    u = torch.from_numpy(np.concatenate(utt))
+    return {ly: torch.cat(xs) for ly, xs in feats.items()}, y, u, speakers
 
 
 def train_linear_probe(x, y, num_classes: int, *, l2: float = 1e-4, max_iter: int = 100):
@@ -451,8 +549,8 @@ def train_linear_probe(x, y, num_classes: int, *, l2: float = 1e-4, max_iter: in
 
     Args:
         x: ``(N, D)`` float32 training frames.
-        y: ``(N,)`` int64 phone ids.
-        num_classes: Number of phone classes.
+        y: ``(N,)`` int64 class ids.
+        num_classes: Number of classes.
         l2: Weight decay on the weights.
         max_iter: L-BFGS iterations.
 
@@ -483,8 +581,78 @@ def _accuracy(pred, y, silence: int = 0) -> float:
     return float((pred[keep] == y[keep]).float().mean())
 
 
+def speaker_split(utt, speakers: dict[int, str]):
+    """Speaker-identification split of one corpus split, by utterance.
+
+    Of each speaker's ``n`` utterances (manifest order; their sentences are drawn at random),
+    the last ``h = max(1, round(n / 5))`` are test, the ``h`` before them valid, the rest train:
+    every speaker with at least 3 utterances is in all three parts, and no utterance is in two.
+
+    Args:
+        utt: ``(N,)`` int64 utterance position of each frame.
+        speakers: Utterance position -> speaker.
+
+    Returns:
+        ``(part, spk)``: ``(N,)`` int64 part per frame (0 train, 1 valid, 2 test) and ``(N,)``
+        int64 speaker class per frame (speakers sorted by name).
+    """
+    import torch
+
+    names = sorted(set(speakers.values()))
+    by_speaker: dict[str, list[int]] = {}
+    for pos in sorted(speakers):
+        by_speaker.setdefault(speakers[pos], []).append(pos)
+    part_of: dict[int, int] = {}
+    for name, positions in by_speaker.items():
+        n = len(positions)
+        if n < 3:
+            raise ValueError(f"speaker {name} has {n} utterance(s); speaker identification needs 3 or more")
+        h = max(1, round(n / 5))
+        for j, pos in enumerate(positions):
+            part_of[pos] = 2 if j >= n - h else 1 if j >= n - 2 * h else 0
+    part = torch.tensor([part_of[int(i)] for i in utt.tolist()], dtype=torch.int64)
+    spk = torch.tensor([names.index(speakers[int(i)]) for i in utt.tolist()], dtype=torch.int64)
+    return part, spk
+
+
+def _probe_tasks(tr, ytr, utr, spk_tr, va, yva, te, yte, num_phones: int) -> dict[str, Any]:
+    """Both downstream tasks on per-layer features (or a single ``{0: features}`` reference).
+
+    * phone recognition: a linear phone classifier trained on the labelled ``train`` split,
+      layer picked on the held-out speakers' ``valid`` split, scored on their ``probe`` split
+      (frame accuracy, silence frames excluded);
+    * speaker identification: a linear speaker classifier on the speech frames of ``train``,
+      split by utterance (:func:`speaker_split`), layer picked on the valid utterances, scored
+      on the test utterances (frame accuracy).
+    """
+    part, spk = speaker_split(utr, spk_tr)
+    speech = ytr != 0
+    n_spk = int(spk.max()) + 1
+    per_layer: dict[int, dict[str, float]] = {}
+    for ly in sorted(tr):
+        predict = train_linear_probe(tr[ly], ytr, num_phones)
+        row = {"train": _accuracy(predict(tr[ly]), ytr), "valid": _accuracy(predict(va[ly]), yva),
+               "test": _accuracy(predict(te[ly]), yte)}
+        sel = [speech & (part == i) for i in range(3)]
+        spk_predict = train_linear_probe(tr[ly][sel[0]], spk[sel[0]], n_spk)
+        for name, m in zip(("spk_train", "spk_valid", "spk_test"), sel):
+            row[name] = _accuracy(spk_predict(tr[ly][m]), spk[m], silence=-1)
+        per_layer[ly] = row
+    best = max(per_layer, key=lambda ly: (per_layer[ly]["valid"], -ly))
+    best_spk = max(per_layer, key=lambda ly: (per_layer[ly]["spk_valid"], -ly))
+    return {"phone_acc": per_layer[best]["test"], "phone_layer": best,
+            "speaker_acc": per_layer[best_spk]["spk_test"], "speaker_layer": best_spk,
+            "speakers": n_spk, "per_layer": {str(k): v for k, v in per_layer.items()},
+            "frames": {"train": int(ytr.numel()), "valid": int(yva.numel()), "test": int(yte.numel()),
+                       "spk_train": int(sel[0].sum()), "spk_valid": int(sel[1].sum()), "spk_test": int(sel[2].sum())}}
+
+
+def _num_phones(corpus: Path) -> int:
+    return len((corpus / "phones.txt").read_text(encoding="utf-8").split("\n")) - 1
+
+
 def downstream_run(cfg: RunConfig, run_dir: Path, down_corpus: Path) -> dict[str, Any]:
-    """Phone classification from the frozen final model of one run (cached in ``downstream.json``)."""
+    """Both downstream tasks from the frozen final model of one run (cached in ``downstream.json``)."""
     import torch
 
     out = run_dir / "downstream.json"
@@ -493,30 +661,21 @@ def downstream_run(cfg: RunConfig, run_dir: Path, down_corpus: Path) -> dict[str
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
     ckpt = final_checkpoint(run_dir, cfg.updates)
-    num_classes = len((down_corpus / "phones.txt").read_text(encoding="utf-8").split("\n")) - 1
-    tr, ytr = layer_features(ckpt, down_corpus / "train.tsv")
-    va, yva = layer_features(ckpt, down_corpus / "valid.tsv")
-    te, yte = layer_features(ckpt, down_corpus / "probe.tsv")
-    per_layer = {}
-    for ly in sorted(tr):
-        predict = train_linear_probe(tr[ly], ytr, num_classes)
-        per_layer[ly] = {"train": _accuracy(predict(tr[ly]), ytr), "valid": _accuracy(predict(va[ly]), yva),
-                         "test": _accuracy(predict(te[ly]), yte)}
-    best = max(per_layer, key=lambda ly: (per_layer[ly]["valid"], -ly))
-    last = max(per_layer)
-    res = {"run": cfg.name, "checkpoint": str(ckpt.name), "best_layer": best, "last_layer": last,
-           "phone_acc": per_layer[best]["test"], "phone_acc_last": per_layer[last]["test"],
-           "per_layer": {str(k): v for k, v in per_layer.items()},
-           "frames": {"train": int(ytr.numel()), "valid": int(yva.numel()), "test": int(yte.numel())},
-           "seconds": time.perf_counter() - t0}
+    tr, ytr, utr, spk = layer_features(ckpt, down_corpus / "train.tsv")
+    va, yva, _, _ = layer_features(ckpt, down_corpus / "valid.tsv")
+    te, yte, _, _ = layer_features(ckpt, down_corpus / "probe.tsv")
+    res = {"run": cfg.name, "checkpoint": str(ckpt.name), "last_layer": max(tr)}
+    res |= _probe_tasks(tr, ytr, utr, spk, va, yva, te, yte, _num_phones(down_corpus))
+    res["seconds"] = time.perf_counter() - t0
     _write_json(out, res)
-    logger.info("[downstream] %s: phone_acc %.4f (layer %d chosen on valid), last layer %.4f (%.0f s)",
-                cfg.name, res["phone_acc"], best, res["phone_acc_last"], res["seconds"])
+    logger.info("[downstream] %s: phone_acc %.4f (L%d), speaker_acc %.4f (L%d); layers chosen on valid (%.0f s)",
+                cfg.name, res["phone_acc"], res["phone_layer"], res["speaker_acc"], res["speaker_layer"],
+                res["seconds"])
     return res
 
 
 def mfcc_baseline(down_corpus: Path, out: Path) -> dict[str, Any]:
-    """The same phone classifier on 39-dim MFCC + deltas (no pretraining): a reference point.
+    """The same two probes on 39-dim MFCC + deltas (no pretraining): a reference point.
 
     Cached in ``out``.
     """
@@ -532,21 +691,30 @@ def mfcc_baseline(down_corpus: Path, out: Path) -> dict[str, Any]:
     data = {}
     for split in ("train", "valid", "probe"):
         sp = corpus.split(split)
-        xs, ys = [], []
+        _, items = read_manifest_items(sp.manifest)
+        xs, ys, us = [], [], []
         for i, lab in enumerate(sp.frame_phones()):
             f = mfcc_targets_features(sp.audio(i))
             n = min(len(f), len(lab))
             xs.append(f[:n])
             ys.append(np.asarray(lab[:n], dtype=np.int64))
-        data[split] = (torch.from_numpy(np.concatenate(xs)).float(), torch.from_numpy(np.concatenate(ys)))
-    num_classes = len(corpus.phones)
-    predict = train_linear_probe(*data["train"], num_classes)
-    res = {split: _accuracy(predict(x), y) for split, (x, y) in data.items()}
-    res = {"phone_acc": res["probe"], "train": res["train"], "valid": res["valid"],
-           "seconds": time.perf_counter() - t0}
+            us.append(np.full(n, i, dtype=np.int64))
+        speakers = {i: path.split("/")[0] for i, path in enumerate(items)}
+        data[split] = ({0: torch.from_numpy(np.concatenate(xs)).float()}, torch.from_numpy(np.concatenate(ys)),
+                       torch.from_numpy(np.concatenate(us)), speakers)
+    tr, ytr, utr, spk = data["train"]
+    res = _probe_tasks(tr, ytr, utr, spk, data["valid"][0], data["valid"][1], data["probe"][0], data["probe"][1],
+                       len(corpus.phones))
+    res["seconds"] = time.perf_counter() - t0
     _write_json(out, res)
-    logger.info("[downstream] MFCC reference: phone_acc %.4f", res["phone_acc"])
+    logger.info("[downstream] MFCC reference: phone_acc %.4f, speaker_acc %.4f", res["phone_acc"], res["speaker_acc"])
     return res
+
+
+def read_manifest_items(manifest: Path) -> tuple[Path, list[str]]:
+    """``(root, [relative path per line])`` of a fairseq manifest."""
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    return Path(lines[0]), [ln.split("\t")[0] for ln in lines[1:] if ln.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,19 +747,19 @@ def summarise(mode: Mode, runs: Sequence[RunConfig], runs_root: Path, down: dict
     import pandas as pd
 
     lines = ["## Runs", "",
-             "| run | what differs | valid loss @%d | valid loss @end | phone_acc (layer) | phone_acc_last |" % mode.early,
-             "|---|---|---:|---:|---:|---:|"]
+             "| run | what differs | valid loss @%d | valid loss @end | phone_acc (layer) | speaker_acc (layer) |"
+             % mode.early, "|---|---|---:|---:|---:|---:|"]
     for c in runs:
         recs = {r["update"]: r for r in _records(runs_root / c.name)}
         le = recs.get(mode.early, {}).get("loss")
         lf = recs.get(max(recs), {}).get("loss") if recs else None
         d = down[c.name]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {c.name} | {c.what} | {fmt(le)} | {fmt(lf)} | {d['phone_acc']:.4f} (L{d['best_layer']}) | "
-                     f"{d['phone_acc_last']:.4f} |")
+        lines.append(f"| {c.name} | {c.what} | {fmt(le)} | {fmt(lf)} | {d['phone_acc']:.4f} (L{d['phone_layer']}) | "
+                     f"{d['speaker_acc']:.4f} (L{d['speaker_layer']}) |")
     if baseline is not None:
         lines.append(f"| (MFCC reference) | 39-dim MFCC + deltas, no pretraining | - | - | "
-                     f"{baseline['phone_acc']:.4f} | - |")
+                     f"{baseline['phone_acc']:.4f} | {baseline['speaker_acc']:.4f} |")
     lines.append("")
     for tag, title in (("early", f"metrics at update {mode.early} (early)"), ("final", "metrics at the last update")):
         table = pd.read_csv(results / f"correlations_{tag}.csv")
@@ -613,12 +781,14 @@ def summarise(mode: Mode, runs: Sequence[RunConfig], runs_root: Path, down: dict
                 lines.append(f"| {metric} | L{int(top['layer'])} | {top['spearman']:+.3f} | "
                              f"{float(first.iloc[0]):+.3f} | {float(lastv.iloc[0]):+.3f} |")
             lines.append("")
-            if tag == "early" and task == "phone_acc":
-                _bar_figure(met, lrho, task, mode, results / "figures" / "early_rho_vs_loss.png", plt)
+            if tag == "early":
+                _bar_figure(met, lrho, task, mode, results / "figures" / f"early_rho_vs_loss_{task}.png", plt)
     return "\n".join(lines) + "\n"
 
 
 def _bar_figure(met, loss_rho: float, task: str, mode: Mode, path: Path, plt) -> None:
+    import math
+
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = sorted(met["metric"].unique())
     best = [float(met[met["metric"] == m]["spearman"].abs().max()) for m in metrics]
@@ -631,8 +801,11 @@ def _bar_figure(met, loss_rho: float, task: str, mode: Mode, path: Path, plt) ->
     if loss_rho == loss_rho:
         ax.axvline(abs(loss_rho), color="k", ls="--", label=f"validation loss |rho| = {abs(loss_rho):.2f}")
     n = int(met["n"].max())
-    if n == 8:  # two-sided p < 0.05 for Spearman's rho with n = 8 (exact permutation distribution)
-        ax.axvline(0.738, color="grey", ls=":", label="|rho| for p < 0.05 at n = 8 (uncorrected)")
+    if n > 3:  # two-sided p < 0.05 for Spearman's rho (t approximation)
+        from scipy import stats
+
+        t = float(stats.t.ppf(0.975, n - 2))
+        ax.axvline(t / math.sqrt(n - 2 + t * t), color="grey", ls=":", label=f"|rho| for p < 0.05 at n = {n} (uncorrected)")
     ax.set_yticks(list(ys), metrics, fontsize=8)
     ax.set_xlabel(f"|Spearman rho| with {task}")
     ax.set_xlim(0, 1)
@@ -704,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre, dn = work / "corpus_pretrain", work / "corpus_downstream"
     make_corpus(pre, _corpus_params(mode, "pretrain"), jobs=2)
     make_corpus(dn, _corpus_params(mode, "downstream"), jobs=2)
-    label_dirs = {k: make_targets(pre, work / "labels", k) for k in sorted({r.targets_k for r in runs})}
+    label_dirs = {t: make_targets(pre, work / "labels", t) for t in sorted({r.targets for r in runs})}
     timings["corpus_and_targets"] = time.perf_counter() - t0
 
     down: dict[str, dict] = {}
@@ -769,8 +942,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"wall time {timings['total_wall'] / 60:.1f} min\n"
             f"- machine: {info['machine']['cpu_count']} CPU cores, no GPU, Python {info['machine']['python']}, "
             f"torch {info['machine']['torch']}; each training single-threaded, {args.jobs} at once\n"
-            f"- training seed {args.seed}; early step: update {mode.early}; downstream: linear phone classifier on frozen final "
-            "features, frame accuracy on held-out speakers without silence frames\n"
+            f"- training seed {args.seed}; early step: update {mode.early}; downstream: linear probes on frozen final "
+            "features: phone frame accuracy on held-out speakers (silence excluded), speaker identification frame "
+            "accuracy on held-out utterances; each at the layer chosen on its validation split\n"
             + (f"- tables regenerated from the finished runs at {info['regenerated']['at']} "
                f"(`{info['regenerated']['command']}`, {info['regenerated']['seconds']:.0f} s, nothing retrained)\n"
                if "regenerated" in info else "")

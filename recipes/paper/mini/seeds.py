@@ -18,7 +18,15 @@ same targets). This script puts the seeds side by side:
 * ``figures/rho_seed_agreement.png``: rho under every other seed against rho under the first,
   for every (metric, layer); ``figures/rho_by_seed_last_layer.png``: each seed's rho per metric at the
   last layer, next to the loss's;
-* ``noise.md``: the summary quoted by the README.
+* ``spread.csv``: per task, the spread of the configurations' mean scores against the median
+  seed standard deviation, and which configurations beat (or trail) the MFCC reference in
+  every seed;
+* ``beats_loss.csv``: per task and (metric, layer), |rho| of the seed-averaged early metric
+  minus that of the seed-averaged early loss, with a paired bootstrap interval over
+  configurations, Benjamini-Hochberg q-values and a verdict (:func:`beats_loss`);
+* ``figures/downstream_spread.png``: every configuration's scores per seed against the MFCC
+  reference;
+* ``noise.md``: the answer and the noise report quoted by the README.
 
 The p-values of the pooled and averaged tables come with Benjamini-Hochberg q-values over all
 (metric, layer) pairs of a task, since about 80 pairs are tested at once.
@@ -26,9 +34,9 @@ The p-values of the pooled and averaged tables come with Benjamini-Hochberg q-va
 Usage::
 
     .venv/bin/python recipes/paper/mini/seeds.py --workdir ../mini-work \\
-        --results recipes/paper/mini/results recipes/paper/mini/results_seeds/seed1 \\
-                  recipes/paper/mini/results_seeds/seed2 \\
-        --out recipes/paper/mini/results_seeds
+        --results recipes/paper/mini/results/seed0 recipes/paper/mini/results/seed1 \\
+                  recipes/paper/mini/results/seed2 \\
+        --out recipes/paper/mini/results
 """
 from __future__ import annotations
 
@@ -203,6 +211,23 @@ def _with_q(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def seed_means(values: pd.DataFrame, step: int) -> pd.DataFrame:
+    """Metric values (and the loss) at update ``step`` averaged over the seeds of each configuration.
+
+    Returns:
+        Long-format frame with one unit per configuration (``run`` = configuration name).
+    """
+    v = values[values["step"] == step].copy()
+    v["config"] = v["run"].str.rsplit("@s", n=1).str[0]
+    keys = ["config", "layer", "metric"]
+    mean_vals = v.groupby(keys, dropna=False, as_index=False).agg(value=("value", "mean"), loss=("loss", "mean"))
+    mean_vals = mean_vals.rename(columns={"config": "run"})
+    mean_vals["checkpoint"] = ""
+    mean_vals["step"] = step
+    mean_vals["toolkit"] = "fairseq"
+    return mean_vals
+
+
 def pooled_and_means(values: pd.DataFrame, down: pd.DataFrame, step: int, n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Correlations over all (run, seed) units, and over runs after averaging across seeds."""
     from sslvitals.offline.correlate import correlate
@@ -211,18 +236,113 @@ def pooled_and_means(values: pd.DataFrame, down: pd.DataFrame, step: int, n_boot
     values = values[values["step"] == step]
     pooled = correlate(values, _downstream_frame(units[["run", "task", "score"]]), n_boot=n_boot,
                        seed=0, step=str(step))
-    # average over seeds: metric values (and the loss) per configuration
-    v = values.copy()
-    v["config"] = v["run"].str.rsplit("@s", n=1).str[0]
-    keys = ["config", "layer", "metric"]
-    mean_vals = v.groupby(keys, dropna=False, as_index=False).agg(value=("value", "mean"), loss=("loss", "mean"))
-    mean_vals = mean_vals.rename(columns={"config": "run"})
-    mean_vals["checkpoint"] = ""
-    mean_vals["step"] = step
-    mean_vals["toolkit"] = "fairseq"
     mean_down = down.groupby(["run", "task"], as_index=False)["score"].mean()
-    means = correlate(mean_vals, _downstream_frame(mean_down), n_boot=n_boot, seed=0, step=str(step))
+    means = correlate(seed_means(values, step), _downstream_frame(mean_down), n_boot=n_boot, seed=0, step=str(step))
     return _with_q(pooled), _with_q(means)
+
+
+def _rank_rows(a: np.ndarray) -> np.ndarray:
+    """Average ranks along the last axis (ties share their mean rank)."""
+    return stats.rankdata(a, axis=-1)
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho of matching rows of ``x`` and ``y`` (``(B, n)`` each); NaN where one is constant."""
+    rx, ry = _rank_rows(x), _rank_rows(y)
+    rx = rx - rx.mean(axis=1, keepdims=True)
+    ry = ry - ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(axis=1) / den, np.nan)
+
+
+def beats_loss(values: pd.DataFrame, down: pd.DataFrame, step: int, rho: pd.DataFrame, *,
+               n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Does an early (metric, layer) predict the final score better than the early loss?
+
+    On the seed-averaged data (one point per configuration), the statistic is
+    ``|rho(metric, score)| - |rho(loss, score)|``. Its interval and one-sided p-value come from a
+    paired bootstrap over configurations (the same resampled configurations for the metric and
+    the loss; ``p = (#{diff* <= 0} + 1) / (n_boot + 1)``), and ``q`` is Benjamini-Hochberg over
+    the task's (metric, layer) pairs. ``every_seed`` says whether the metric's |rho| is above the
+    loss's under each training seed on its own (from ``rho``, the per-seed table).
+
+    A pair *beats the loss* here when ``q < 0.05``, ``every_seed`` holds and its own
+    seed-averaged correlation is significant after correction (``rho_q < 0.05``). A pair *loses
+    to the loss* when the mirror statistic passes the same corrected test.
+
+    Returns:
+        Frame ``task, metric, layer, n, rho, rho_q, loss_rho, diff, diff_lo, diff_hi, p_better,
+        q_better, p_worse, q_worse, every_seed, verdict``.
+    """
+    mean_vals = seed_means(values, step)
+    mean_down = down.groupby(["run", "task"], as_index=False)["score"].mean()
+    rng = np.random.default_rng(seed)
+    configs = sorted(mean_down["run"].unique())
+    n = len(configs)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    loss = mean_vals.drop_duplicates("run").set_index("run")["loss"].reindex(configs).to_numpy(float)
+    rows = []
+    early = rho[rho["at"] == "early"]
+    rcols = [c for c in rho.columns if c.startswith("rho_seed")]
+    for task, d in mean_down.groupby("task", sort=True):
+        score = d.set_index("run")["score"].reindex(configs).to_numpy(float)
+        loss_rho = float(stats.spearmanr(loss, score).statistic)
+        boot_loss = np.abs(_spearman_rows(loss[idx], score[idx]))
+        seed_loss = early[(early["task"] == task) & (early["metric"] == "loss")]
+        for (metric, layer), g in mean_vals.groupby(["metric", "layer"], sort=True):
+            x = g.set_index("run")["value"].reindex(configs).to_numpy(float)
+            if np.isnan(x).any() or np.ptp(x) == 0:
+                continue
+            r = float(stats.spearmanr(x, score).statistic)
+            diff_b = np.abs(_spearman_rows(x[idx], score[idx])) - boot_loss
+            diff_b = diff_b[~np.isnan(diff_b)]
+            sr = early[(early["task"] == task) & (early["metric"] == metric) & (early["layer"] == layer)]
+            every = bool(len(sr) and len(seed_loss)
+                         and all(abs(float(sr[c].iloc[0])) > abs(float(seed_loss[c].iloc[0])) for c in rcols))
+            rows.append({"task": task, "metric": metric, "layer": int(layer), "n": n, "rho": r,
+                         "rho_p": float(stats.spearmanr(x, score).pvalue), "loss_rho": loss_rho,
+                         "diff": abs(r) - abs(loss_rho),
+                         "diff_lo": float(np.quantile(diff_b, 0.025)), "diff_hi": float(np.quantile(diff_b, 0.975)),
+                         "p_better": (int((diff_b <= 0).sum()) + 1) / (len(diff_b) + 1),
+                         "p_worse": (int((diff_b >= 0).sum()) + 1) / (len(diff_b) + 1),
+                         "every_seed": every})
+    out = pd.DataFrame(rows)
+    for col in ("rho", "better", "worse"):
+        out[f"{col}_q" if col == "rho" else f"q_{col}"] = np.nan
+    for _, ix in out.groupby("task").groups.items():
+        sub = out.loc[ix]
+        out.loc[ix, "rho_q"] = bh_qvalues(sub["rho_p"].to_numpy(float))
+        out.loc[ix, "q_better"] = bh_qvalues(sub["p_better"].to_numpy(float))
+        out.loc[ix, "q_worse"] = bh_qvalues(sub["p_worse"].to_numpy(float))
+    out["verdict"] = np.where((out["q_better"] < 0.05) & out["every_seed"] & (out["rho_q"] < 0.05), "beats the loss",
+                              np.where(out["q_worse"] < 0.05, "worse than the loss", "not distinguishable"))
+    out = out.sort_values(["task", "diff"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    return out
+
+
+def spread_vs_noise(down_wide: pd.DataFrame, baseline: dict | None) -> pd.DataFrame:
+    """Per task: how far apart the configurations are, against the seed noise and the MFCC reference.
+
+    ``ratio`` = (best - worst configuration mean) / median over configurations of the seed sd.
+    A configuration is *above* (*below*) the reference when every one of its seeds is.
+    """
+    rows = []
+    cols = [c for c in down_wide.columns if c.startswith("seed")]
+    for task, g in down_wide.groupby("task", sort=True):
+        spread = float(g["mean"].max() - g["mean"].min())
+        sd = float(g["sd"].median())
+        ref = (baseline or {}).get(task)
+        row = {"task": task, "configs": len(g), "seeds": len(cols), "best": str(g.loc[g["mean"].idxmax(), "run"]),
+               "best_mean": float(g["mean"].max()), "worst": str(g.loc[g["mean"].idxmin(), "run"]),
+               "worst_mean": float(g["mean"].min()), "spread": spread, "median_seed_sd": sd,
+               "ratio": spread / sd if sd > 0 else math.inf, "mfcc": ref}
+        if ref is not None:
+            vals = g[cols].to_numpy(float)
+            row["above_mfcc"] = ", ".join(g["run"][(vals > ref).all(axis=1)])
+            row["below_mfcc"] = ", ".join(g["run"][(vals < ref).all(axis=1)])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def within_config(values: pd.DataFrame, down: pd.DataFrame, step: int, *, n_perm: int = 2000,
@@ -485,6 +605,75 @@ def summary_markdown(down_wide: pd.DataFrame, down_pairs: pd.DataFrame, rho: pd.
     return "\n".join(lines)
 
 
+def answer_markdown(spread: pd.DataFrame, verdict: pd.DataFrame, seeds: Sequence[int], step: int,
+                    top: int = 10) -> str:
+    """The answer section: downstream signal against seed noise, and which metrics beat the loss."""
+    lines = [f"# Miniature: do early metrics predict final quality better than the loss? "
+             f"({len(seeds)} seeds: {', '.join(map(str, seeds))})", "", "## Signal: downstream spread against seed noise", "",
+             "| task | configs | best (mean) | worst (mean) | spread | median seed sd | spread / sd | MFCC reference | "
+             "above MFCC in every seed | below MFCC in every seed |",
+             "|---|---:|---|---|---:|---:|---:|---:|---|---|"]
+    for _, r in spread.iterrows():
+        mf = "-" if r.get("mfcc") is None or pd.isna(r.get("mfcc")) else f"{r['mfcc']:.4f}"
+        lines.append(f"| {r['task']} | {r['configs']} | {r['best']} ({r['best_mean']:.4f}) | {r['worst']} "
+                     f"({r['worst_mean']:.4f}) | {r['spread']:.4f} | {r['median_seed_sd']:.4f} | {r['ratio']:.1f} | {mf} | "
+                     f"{r.get('above_mfcc', '') or '-'} | {r.get('below_mfcc', '') or '-'} |")
+    lines += ["", f"## Early metrics (update {step}) against the early validation loss", "",
+              "Seed-averaged metrics and scores, one point per configuration. `diff` = |rho metric| - |rho loss| "
+              "with a 95 % paired bootstrap interval over configurations; `q` = Benjamini-Hochberg over the task's "
+              "(metric, layer) pairs; `every seed` = |rho metric| > |rho loss| under each seed alone. Verdict "
+              "'beats the loss' needs q(diff > 0) < 0.05, every seed, and the metric's own rho significant "
+              "after correction (q < 0.05).", ""]
+    for task, g in verdict.groupby("task", sort=True):
+        lrho = float(g["loss_rho"].iloc[0]) if len(g) else math.nan
+        wins = g[g["verdict"] == "beats the loss"]
+        losses = g[g["verdict"] == "worse than the loss"]
+        lines += [f"### {task}", "", f"- validation loss at update {step}: rho {_fmt(lrho)}",
+                  f"- beat the loss: {len(wins)} of {len(g)} (metric, layer) pairs"
+                  + (": " + ", ".join(f"{r['metric']} L{r['layer']}" for _, r in wins.iterrows()) if len(wins) else ""),
+                  f"- worse than the loss: {len(losses)} of {len(g)}"
+                  + (": " + ", ".join(f"{r['metric']} L{r['layer']}" for _, r in losses.iterrows()) if len(losses) else ""),
+                  f"- not distinguishable from the loss: {len(g) - len(wins) - len(losses)}", "",
+                  "| metric | layer | rho | q(rho) | diff | 95% CI | q(better) | every seed | verdict |",
+                  "|---|---:|---:|---:|---:|---|---:|---|---|"]
+        per_metric = g.loc[g.groupby("metric")["diff"].idxmax()].sort_values("diff", ascending=False)
+        for _, r in per_metric.head(top + 20).iterrows():
+            lines.append(f"| {r['metric']} | L{r['layer']} | {_fmt(r['rho'])} | {r['rho_q']:.3g} | {_fmt(r['diff'])} | "
+                         f"[{_fmt(r['diff_lo'], 2)}, {_fmt(r['diff_hi'], 2)}] | {r['q_better']:.3g} | "
+                         f"{'yes' if r['every_seed'] else 'no'} | {r['verdict']} |")
+        lines += ["", "(one row per metric: its layer with the largest diff; every layer is in `beats_loss.csv`)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def spread_figure(down_wide: pd.DataFrame, baseline: dict | None, path: Path) -> None:
+    """Per task, each configuration's mean score with its seeds, and the MFCC reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tasks = sorted(down_wide["task"].unique())
+    cols = [c for c in down_wide.columns if c.startswith("seed")]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.6), squeeze=False)
+    order = down_wide[down_wide["task"] == tasks[0]].sort_values("mean")["run"].tolist()
+    for ax, task in zip(axes[0], tasks):
+        g = down_wide[down_wide["task"] == task].set_index("run").reindex(order)
+        ys = np.arange(len(order))
+        for c in cols:
+            ax.plot(g[c], ys, "o", ms=3, alpha=0.5, color="grey")
+        ax.plot(g["mean"], ys, "D", ms=5, color="C0", label="mean over seeds")
+        if baseline and task in baseline:
+            ax.axvline(baseline[task], color="C3", ls="--", label=f"MFCC + deltas ({baseline[task]:.3f})")
+        ax.set_yticks(ys, order, fontsize=7)
+        ax.set_xlabel(task)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Final downstream scores: configurations x seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -532,10 +721,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     within = within_config(values, down, step) if len(seeds) >= 3 else None
     if within is not None:
         within.to_csv(out / "within_early.csv", index=False, float_format="%.6g")
+    info = json.loads((results[0] / "run_info.json").read_text(encoding="utf-8"))
+    baseline = info.get("mfcc_reference")
+    spread = spread_vs_noise(down_wide, baseline)
+    spread.to_csv(out / "spread.csv", index=False, float_format="%.6g")
+    verdict = beats_loss(values, down, step, rho, n_boot=max(args.n_boot, 200))
+    verdict.to_csv(out / "beats_loss.csv", index=False, float_format="%.6g")
     agreement_figure(rho, out / "figures" / "rho_seed_agreement.png")
-    seeds_figure(rho, out / "figures" / "rho_by_seed_last_layer.png")
+    for task in sorted(down["task"].unique()):
+        seeds_figure(rho, out / "figures" / f"rho_by_seed_last_layer_{task}.png", task=task)
+    spread_figure(down_wide, baseline, out / "figures" / "downstream_spread.png")
     cmd = " ".join([".venv/bin/python", "recipes/paper/mini/seeds.py", *(sys.argv[1:] if argv is None else argv)])
-    text = summary_markdown(down_wide, down_pairs, rho, pooled, means, seeds, step, within=within)
+    text = answer_markdown(spread, verdict, seeds, step)
+    text += "\n" + summary_markdown(down_wide, down_pairs, rho, pooled, means, seeds, step, within=within)
     (out / "noise.md").write_text(f"{text}\nMade by `{cmd}`.\n", encoding="utf-8")
     logger.info("wrote %s", out / "noise.md")
     return 0
