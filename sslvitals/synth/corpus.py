@@ -698,21 +698,20 @@ class CorpusSplit:
         """Any integer label file ``<split>.<ext>`` (e.g. ``"km"``), one array per utterance."""
         return read_int_lines(self.corpus_dir / f"{self.name}.{ext}")
 
+    def _read_segments(self, suffix: str) -> list[tuple[str, float, float, str]]:
+        rows = []
+        for line in (self.corpus_dir / f"{self.name}.{suffix}").read_text(encoding="utf-8").splitlines():
+            u, s, e, label = line.split("\t")
+            rows.append((u, float(s), float(e), label))
+        return rows
+
     def alignments(self) -> list[tuple[str, float, float, str]]:
         """Rows of ``<split>.align.tsv``: ``(utt_id, start_s, end_s, phone)``."""
-        rows = []
-        for line in (self.corpus_dir / f"{self.name}.align.tsv").read_text(encoding="utf-8").splitlines():
-            u, s, e, p = line.split("\t")
-            rows.append((u, float(s), float(e), p))
-        return rows
+        return self._read_segments("align.tsv")
 
     def word_alignments(self) -> list[tuple[str, float, float, str]]:
         """Rows of ``<split>.words.tsv``: ``(utt_id, start_s, end_s, word)``."""
-        rows = []
-        for line in (self.corpus_dir / f"{self.name}.words.tsv").read_text(encoding="utf-8").splitlines():
-            u, s, e, w = line.split("\t")
-            rows.append((u, float(s), float(e), w))
-        return rows
+        return self._read_segments("words.tsv")
 
     def words(self) -> list[list[str]]:
         """Transcript words per utterance (``<split>.wrd``)."""

@@ -299,6 +299,7 @@ def make_targets(corpus: Path, labels_root: Path, spec: str) -> Path:
     import numpy as np
 
     from sslvitals.synth import make_mfcc_targets
+    from sslvitals.synth.corpus import read_phones
 
     kind, k = _targets_kind(spec)
     out = labels_root / spec
@@ -313,8 +314,7 @@ def make_targets(corpus: Path, labels_root: Path, spec: str) -> Path:
         report = make_mfcc_targets(out, k=k, seed=SEED, progress=False)
         info["probe_pnmi"] = report.quality.get("probe", {}).get("pnmi", float("nan"))
     else:
-        n_phones = len((corpus / "phones.txt").read_text(encoding="utf-8").split("\n")) - 1
-        classes = n_phones if kind == "phone" else k
+        classes = len(read_phones(corpus / "phones.txt")) if kind == "phone" else k
         rng = np.random.default_rng(SEED)
         for split in ("train", "valid", "probe"):
             lines = (corpus / f"{split}.phn").read_text(encoding="utf-8").splitlines()
@@ -647,13 +647,11 @@ def _probe_tasks(tr, ytr, utr, spk_tr, va, yva, te, yte, num_phones: int) -> dic
                        "spk_train": int(sel[0].sum()), "spk_valid": int(sel[1].sum()), "spk_test": int(sel[2].sum())}}
 
 
-def _num_phones(corpus: Path) -> int:
-    return len((corpus / "phones.txt").read_text(encoding="utf-8").split("\n")) - 1
-
-
 def downstream_run(cfg: RunConfig, run_dir: Path, down_corpus: Path) -> dict[str, Any]:
     """Both downstream tasks from the frozen final model of one run (cached in ``downstream.json``)."""
     import torch
+
+    from sslvitals.synth.corpus import read_phones
 
     out = run_dir / "downstream.json"
     if out.exists():
@@ -665,7 +663,7 @@ def downstream_run(cfg: RunConfig, run_dir: Path, down_corpus: Path) -> dict[str
     va, yva, _, _ = layer_features(ckpt, down_corpus / "valid.tsv")
     te, yte, _, _ = layer_features(ckpt, down_corpus / "probe.tsv")
     res = {"run": cfg.name, "checkpoint": str(ckpt.name), "last_layer": max(tr)}
-    res |= _probe_tasks(tr, ytr, utr, spk, va, yva, te, yte, _num_phones(down_corpus))
+    res |= _probe_tasks(tr, ytr, utr, spk, va, yva, te, yte, len(read_phones(down_corpus / "phones.txt")))
     res["seconds"] = time.perf_counter() - t0
     _write_json(out, res)
     logger.info("[downstream] %s: phone_acc %.4f (L%d), speaker_acc %.4f (L%d); layers chosen on valid (%.0f s)",
@@ -683,6 +681,7 @@ def mfcc_baseline(down_corpus: Path, out: Path) -> dict[str, Any]:
     import torch
 
     from sslvitals.synth import load_corpus, mfcc_targets_features
+    from sslvitals.synth.corpus import read_manifest
 
     if out.exists():
         return _read_json(out)
@@ -691,7 +690,7 @@ def mfcc_baseline(down_corpus: Path, out: Path) -> dict[str, Any]:
     data = {}
     for split in ("train", "valid", "probe"):
         sp = corpus.split(split)
-        _, items = read_manifest_items(sp.manifest)
+        _, items = read_manifest(sp.manifest)
         xs, ys, us = [], [], []
         for i, lab in enumerate(sp.frame_phones()):
             f = mfcc_targets_features(sp.audio(i))
@@ -699,7 +698,7 @@ def mfcc_baseline(down_corpus: Path, out: Path) -> dict[str, Any]:
             xs.append(f[:n])
             ys.append(np.asarray(lab[:n], dtype=np.int64))
             us.append(np.full(n, i, dtype=np.int64))
-        speakers = {i: path.split("/")[0] for i, path in enumerate(items)}
+        speakers = {i: path.split("/")[0] for i, (path, _) in enumerate(items)}
         data[split] = ({0: torch.from_numpy(np.concatenate(xs)).float()}, torch.from_numpy(np.concatenate(ys)),
                        torch.from_numpy(np.concatenate(us)), speakers)
     tr, ytr, utr, spk = data["train"]
@@ -709,12 +708,6 @@ def mfcc_baseline(down_corpus: Path, out: Path) -> dict[str, Any]:
     _write_json(out, res)
     logger.info("[downstream] MFCC reference: phone_acc %.4f, speaker_acc %.4f", res["phone_acc"], res["speaker_acc"])
     return res
-
-
-def read_manifest_items(manifest: Path) -> tuple[Path, list[str]]:
-    """``(root, [relative path per line])`` of a fairseq manifest."""
-    lines = manifest.read_text(encoding="utf-8").splitlines()
-    return Path(lines[0]), [ln.split("\t")[0] for ln in lines[1:] if ln.strip()]
 
 
 # ---------------------------------------------------------------------------------------------

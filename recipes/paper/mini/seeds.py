@@ -294,14 +294,15 @@ def beats_loss(values: pd.DataFrame, down: pd.DataFrame, step: int, rho: pd.Data
             x = g.set_index("run")["value"].reindex(configs).to_numpy(float)
             if np.isnan(x).any() or np.ptp(x) == 0:
                 continue
-            r = float(stats.spearmanr(x, score).statistic)
+            res = stats.spearmanr(x, score)
+            r = float(res.statistic)
             diff_b = np.abs(_spearman_rows(x[idx], score[idx])) - boot_loss
             diff_b = diff_b[~np.isnan(diff_b)]
             sr = early[(early["task"] == task) & (early["metric"] == metric) & (early["layer"] == layer)]
             every = bool(len(sr) and len(seed_loss)
                          and all(abs(float(sr[c].iloc[0])) > abs(float(seed_loss[c].iloc[0])) for c in rcols))
             rows.append({"task": task, "metric": metric, "layer": int(layer), "n": n, "rho": r,
-                         "rho_p": float(stats.spearmanr(x, score).pvalue), "loss_rho": loss_rho,
+                         "rho_p": float(res.pvalue), "loss_rho": loss_rho,
                          "diff": abs(r) - abs(loss_rho),
                          "diff_lo": float(np.quantile(diff_b, 0.025)), "diff_hi": float(np.quantile(diff_b, 0.975)),
                          "p_better": (int((diff_b <= 0).sum()) + 1) / (len(diff_b) + 1),
